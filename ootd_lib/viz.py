@@ -1,0 +1,71 @@
+"""Small figure helpers for the notebooks (matplotlib only, no state)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+# COCO-18 limbs (index pairs) for drawing skeletons.
+COCO18_LIMBS = [(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
+                (1, 0), (0, 14), (14, 16), (0, 15), (15, 17)]
+
+
+def to_numpy_image(x) -> np.ndarray:
+    """PIL / (3,H,W) or (1,3,H,W) tensor in [-1,1] / HxW(x3) array → uint8 HxWx3 (or HxW) array for plotting."""
+    if isinstance(x, Image.Image):
+        return np.asarray(x)
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu()
+        if x.ndim == 4:
+            x = x[0]
+        if x.ndim == 3:
+            x = x.permute(1, 2, 0)
+            if x.shape[-1] == 1:
+                x = x[..., 0]
+            else:
+                x = (x.clamp(-1, 1) + 1) * 127.5
+        return x.numpy().round().astype(np.uint8) if x.ndim == 3 else x.numpy()
+    return np.asarray(x)
+
+
+def show_images(images, titles=None, ncols=None, size=2.2, cmap=None, suptitle=None):
+    """Show a row (or grid) of images; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    images = list(images)
+    n = len(images)
+    ncols = ncols or n
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * 4 / 3 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, img in enumerate(images):
+        ax = axes.flat[i]
+        arr = to_numpy_image(img)
+        ax.imshow(arr, cmap=cmap if arr.ndim == 2 else None)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def draw_skeleton(ax, keypoints, color="lime"):
+    """Draw COCO-18 keypoints ((18,2), NaN = missing) and limbs onto a matplotlib axis."""
+    kp = np.asarray(keypoints, dtype=float)
+    for a, b in COCO18_LIMBS:
+        if not (np.isnan(kp[a]).any() or np.isnan(kp[b]).any()):
+            ax.plot([kp[a, 0], kp[b, 0]], [kp[a, 1], kp[b, 1]], color=color, lw=1.5)
+    ok = ~np.isnan(kp).any(axis=1)
+    ax.scatter(kp[ok, 0], kp[ok, 1], s=8, c="red", zorder=3)
+
+
+def overlay_mask(image, mask, color=(255, 0, 0), alpha=0.45) -> np.ndarray:
+    """Blend a boolean/0-1 mask over an image in a colour (uint8 HxWx3)."""
+    img = to_numpy_image(image).astype(np.float32)
+    m = np.asarray(mask, dtype=np.float32)
+    m = m.squeeze()
+    out = img * (1 - alpha * m[..., None]) + np.array(color, np.float32) * alpha * m[..., None]
+    return out.clip(0, 255).astype(np.uint8)
