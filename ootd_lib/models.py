@@ -1,0 +1,429 @@
+"""The OOTDiffusion model: two stock UNets joined by outfitting fusion, and the builders for each profile.
+
+* :class:`OOTDModel` — the training-time module: garment UNet (t = 0) → fusion → vton UNet on ``cat[noisy, person]``.
+* :func:`build_toy_components` — tiny models from configs (CPU, seconds, no downloads).
+* :func:`build_sd15_components` — both UNets initialised from Stable Diffusion 1.5 (vton ``conv_in`` widened 4 → 8).
+* :func:`load_official_components` — the released OOTDiffusion weights (local folder or the hub repo).
+
+Every builder returns the same dict: ``vae, text_encoder, tokenizer, image_encoder, feature_extractor, unet_garm,
+unet_vton, scheduler`` — exactly the components of ``OOTDPipeline``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UniPCMultistepScheduler
+from torch import nn
+from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
+                          CLIPVisionModelWithProjection)
+
+from transformers.utils import logging as transformers_logging
+
+from .errors import InputError, WeightsError
+from .fusion import OutfittingFusion
+from .hub import CLIP_REPO, OFFICIAL_REPO, check_weight_file, resolve_files
+
+__all__ = ["OOTDModel", "build_toy_components", "build_sd15_components", "load_official_components", "widen_conv_in",
+           "make_scheduler", "make_noise_scheduler", "toy_unet_config", "TOY_TOKENIZER", "COMPONENT_NAMES",
+           "OFFICIAL_CHECKPOINT", "load_profile_components", "save_components",
+           "notebook_components"]
+
+COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet_garm", "unet_vton",
+                   "scheduler")
+TOY_TOKENIZER = Path(__file__).resolve().parent / "resources" / "toy_tokenizer"
+OFFICIAL_CHECKPOINT = "checkpoint-36000"  # the released UNets: checkpoints/ootd/ootd_{hd,dc}/checkpoint-36000/unet_*
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+# --- the model ---
+class OOTDModel(nn.Module):
+    """Garment UNet + vton UNet with outfitting fusion: what training optimises.
+
+    ``forward`` runs the garment UNet once at t = 0, installs its block inputs in the vton self-attention layers, and
+    predicts the noise of ``noisy_latents`` (scaled space) from ``cat[noisy_latents, person_latents]`` (unscaled).
+    The garment states stay installed after ``forward`` so gradient checkpointing can recompute blocks in backward;
+    the next ``forward`` replaces them (call ``self.fusion.clear()`` to free them).
+    """
+
+    def __init__(self, unet_garm: UNet2DConditionModel, unet_vton: UNet2DConditionModel):
+        super().__init__()
+        if unet_vton.config.in_channels != 2 * unet_garm.config.in_channels:
+            raise InputError(f"vton UNet has in_channels={unet_vton.config.in_channels}; it takes cat[noisy, person] "
+                             f"latents, so it needs {2 * unet_garm.config.in_channels} (see widen_conv_in)")
+        self.unet_garm, self.unet_vton = unet_garm, unet_vton
+        self.fusion = OutfittingFusion(unet_garm, unet_vton)
+
+    def forward(self, noisy_latents, timesteps, person_latents, garment_latents, encoder_hidden_states) -> torch.Tensor:
+        states = self.fusion.garment_states(garment_latents, encoder_hidden_states)
+        self.fusion.set_garment(states)
+        x = torch.cat([noisy_latents, person_latents], dim=1)
+        return self.unet_vton(x, timesteps, encoder_hidden_states, return_dict=False)[0]
+
+
+def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:
+    """Give ``unet`` more input channels (in place; returned for chaining).
+
+    The old weights are kept for the first channels, the new ones are zero and the bias is copied, so with a zero extra
+    input the widened UNet computes exactly what the original did.
+    """
+    old = unet.conv_in
+    if in_channels < old.in_channels:
+        raise InputError(f"widen_conv_in: in_channels={in_channels} is smaller than the current {old.in_channels}")
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+# --- schedulers ---
+def make_scheduler(final_sigmas_type: str = "sigma_min") -> UniPCMultistepScheduler:
+    """The released sampling scheduler: UniPC, SD-1.5 betas (scaled_linear 0.00085–0.012), Karras sigmas, order 2, bh2.
+
+    ``final_sigmas_type="sigma_min"`` reproduces diffusers 0.24 (what the released model was run with): the last
+    step ends at the smallest Karras sigma. ``"zero"`` (current diffusers default) steps all the way to sigma 0; the
+    results differ by ~0.5 % in the final latents.
+    """
+    if final_sigmas_type not in ("sigma_min", "zero"):
+        raise InputError(f"final_sigmas_type={final_sigmas_type!r} must be 'sigma_min' or 'zero'")
+    return UniPCMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                   beta_schedule="scaled_linear", prediction_type="epsilon", solver_order=2,
+                                   solver_type="bh2", predict_x0=True, lower_order_final=True,
+                                   use_karras_sigmas=True, timestep_spacing="linspace", steps_offset=1,
+                                   final_sigmas_type=final_sigmas_type)
+
+
+def make_noise_scheduler() -> DDPMScheduler:
+    """Stable Diffusion 1.5's training noise schedule (ε-prediction, 1000 steps, scaled_linear 0.00085–0.012)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, prediction_type="epsilon", steps_offset=1)
+
+
+# --- toy profile ---
+TOY_DIM = 64  # text/image embedding width = UNet cross_attention_dim
+
+
+def toy_unet_config(in_channels: int) -> dict:
+    """Tiny SD-like UNet (~1.5 M parameters): 3 levels, cross-attention in the two upper ones and the mid block →
+    7 fused transformer blocks (SD-1.5 has 16). All toy components together stay under 20 MB in fp32."""
+    return dict(sample_size=32, in_channels=in_channels, out_channels=4, layers_per_block=1,
+                block_out_channels=(32, 64, 64),
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=TOY_DIM, attention_head_dim=8, norm_num_groups=16)
+
+
+def toy_vae_config() -> dict:
+    """3-level VAE → downsampling factor 4: a 128×96 image becomes 4×32×24 latents."""
+    return dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
+                latent_channels=4, norm_num_groups=32, sample_size=128, scaling_factor=0.18215)
+
+
+def toy_text_config(tokenizer) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=TOY_DIM, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=8, projection_dim=TOY_DIM,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+
+
+def toy_vision_config() -> CLIPVisionConfig:
+    return CLIPVisionConfig(hidden_size=TOY_DIM, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            image_size=64, patch_size=8, projection_dim=TOY_DIM)
+
+
+def toy_feature_extractor() -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, do_resize=True,
+                              do_center_crop=True, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+
+
+def build_toy_components(seed: int = 0) -> dict:
+    """Tiny randomly initialised components (deterministic for ``seed``), same keys as the other builders."""
+    tokenizer = CLIPTokenizer.from_pretrained(TOY_TOKENIZER)
+    with torch.random.fork_rng(devices=[]):  # don't disturb the caller's global RNG stream
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(**toy_vae_config())
+        text_encoder = CLIPTextModel(toy_text_config(tokenizer))
+        image_encoder = CLIPVisionModelWithProjection(toy_vision_config())
+        unet_garm = UNet2DConditionModel(**toy_unet_config(4))
+        unet_vton = UNet2DConditionModel(**toy_unet_config(8))
+    for m in (vae, text_encoder, image_encoder, unet_garm, unet_vton):
+        m.eval()
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
+                feature_extractor=toy_feature_extractor(), unet_garm=unet_garm, unet_vton=unet_vton,
+                scheduler=make_scheduler())
+
+
+# --- loading helpers ---
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_MODEL_FOLDERS = {"", "vae", "text_encoder", "unet", "unet_garm", "unet_vton"}  # folders that must hold weights
+
+
+def _weight_files(names: list[str], want_fp16: bool) -> list[str]:
+    """From the files of one component folder, the weights to load: the fp16 variant when asked for and present,
+    else the plain ones; safetensors preferred over .bin (diffusers/transformers pick the same way)."""
+    weights = [n for n in names if n.endswith(_WEIGHT_SUFFIXES)]
+    fp16 = [n for n in weights if ".fp16." in n]
+    plain = [n for n in weights if ".fp16." not in n]
+    pool = fp16 if (want_fp16 and fp16) else plain or fp16
+    safe = [n for n in pool if n.endswith(".safetensors")]
+    return safe or pool
+
+
+def _is_fp16(torch_dtype) -> bool:
+    return torch_dtype in (torch.float16, torch.bfloat16)
+
+
+def _relative(path: str, folder: str) -> str | None:
+    """``path`` relative to ``folder`` when it lies directly inside it (``folder`` "" = the repo root), else None."""
+    prefix = f"{folder}/" if folder else ""
+    rest = path[len(prefix):] if path.startswith(prefix) else None
+    return rest if rest and "/" not in rest else None
+
+
+def _select_files(source, subfolders: list[str], repo_id: str, torch_dtype) -> tuple[Path, dict]:
+    """Folder with the needed files of each component subfolder (downloading only those for a hub repo id).
+
+    Returns (root, {subfolder: from_pretrained kwargs naming the variant and weight format}). Pickled ``.bin``
+    weights are read by the libraries' weights-only ``torch.load`` path.
+    """
+    local = Path(source).expanduser()
+    if local.is_dir():
+        listing = {sub: sorted(p.name for p in (local / sub).glob("*") if p.is_file()) for sub in subfolders}
+    elif isinstance(source, Path) or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
+        raise WeightsError(f"weights folder {source} does not exist; pass a local folder laid out like "
+                           f"https://huggingface.co/{repo_id} or a hub repo id such as {repo_id!r}")
+    else:
+        try:
+            from huggingface_hub import list_repo_files
+
+            files = list_repo_files(str(source))
+        except Exception as exc:  # offline, typo in the repo id, ...
+            raise WeightsError(f"cannot list the hub repo {source!r} ({type(exc).__name__}); pass a local folder laid "
+                               f"out like https://huggingface.co/{repo_id} instead") from exc
+        listing = {sub: sorted(_relative(f, sub) for f in files if _relative(f, sub)) for sub in subfolders}
+    patterns, variants = [], {}
+    for sub in subfolders:
+        names = listing[sub]
+        if not names:
+            raise WeightsError(f"{source}: the folder {sub}/ is missing or empty; download it from "
+                               f"https://huggingface.co/{repo_id}/tree/main/{sub}")
+        weights = _weight_files(names, _is_fp16(torch_dtype))
+        if not weights and sub.rsplit("/", 1)[-1] in _MODEL_FOLDERS:
+            raise WeightsError(f"{source}: {sub or 'the folder'}/ holds no weight file (.safetensors or .bin); "
+                               f"download it from https://huggingface.co/{repo_id}/tree/main/{sub}")
+        variants[sub] = dict(variant="fp16" if any(".fp16." in w for w in weights) else None,
+                             use_safetensors=all(w.endswith(".safetensors") for w in weights))
+        patterns += [f"{sub}/{n}".lstrip("/") for n in names if n.endswith((".json", ".txt")) or n in weights]
+    root = resolve_files(source, patterns, repo_id=repo_id)
+    for pat in patterns:
+        if pat.endswith(_WEIGHT_SUFFIXES):
+            check_weight_file(root / pat, pat, repo_id=repo_id)
+    return root, variants
+
+
+def _load_unet(folder: Path, file_kwargs: dict, torch_dtype) -> UNet2DConditionModel:
+    """Stock UNet2DConditionModel from a folder whose config may name the released UNetGarm/UNetVton class.
+
+    diffusers ignores an unknown ``_class_name`` when the class is asked for explicitly, so no patching is needed.
+    """
+    return UNet2DConditionModel.from_pretrained(folder, **file_kwargs, torch_dtype=torch_dtype)
+
+
+def _load_clip_vision(clip_model, torch_dtype):
+    """CLIP ViT image encoder + its processor (None when absent) from a local folder or a hub repo id."""
+    root, variants = _select_files(clip_model, [""], repo_id=CLIP_REPO, torch_dtype=torch_dtype)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the full CLIPModel checkpoint's text weights are skipped on purpose
+    try:
+        encoder = CLIPVisionModelWithProjection.from_pretrained(root, **variants[""], torch_dtype=torch_dtype)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    processor = CLIPImageProcessor.from_pretrained(root) if (root / "preprocessor_config.json").is_file() else None
+    return encoder, processor
+
+
+def _eval(components: dict) -> dict:
+    for m in components.values():
+        if isinstance(m, nn.Module):
+            m.eval()
+    return components
+
+
+# --- sd15 profile ---
+def build_sd15_components(path_or_repo="stable-diffusion-v1-5/stable-diffusion-v1-5", clip_model=CLIP_REPO,
+                          torch_dtype=None) -> dict:
+    """Components for training from Stable Diffusion 1.5: both UNets start as SD-1.5's UNet, the vton one with
+    ``conv_in`` widened to 8 channels (zero new weights); VAE / text encoder / tokenizer from SD-1.5, CLIP image encoder
+    from ``clip_model`` (ViT-L/14: its 768-d embedding matches SD-1.5's cross-attention width)."""
+    subs = ["unet", "vae", "text_encoder", "tokenizer"]
+    root, variants = _select_files(path_or_repo, subs, repo_id=str(path_or_repo), torch_dtype=torch_dtype)
+    unet = UNet2DConditionModel.from_pretrained(root / "unet", **variants["unet"], torch_dtype=torch_dtype)
+    image_encoder, feature_extractor = _load_clip_vision(clip_model, torch_dtype)
+    if feature_extractor is None:
+        raise WeightsError(f"{clip_model}: preprocessor_config.json is missing; download it from "
+                           f"https://huggingface.co/{CLIP_REPO}")
+    unet_vton = widen_conv_in(copy.deepcopy(unet), 2 * unet.config.in_channels)
+    return _eval(dict(
+        vae=AutoencoderKL.from_pretrained(root / "vae", **variants["vae"], torch_dtype=torch_dtype),
+        text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder", **variants["text_encoder"],
+                                                   torch_dtype=torch_dtype),
+        tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
+        image_encoder=image_encoder, feature_extractor=feature_extractor,
+        unet_garm=unet, unet_vton=unet_vton, scheduler=make_scheduler()))
+
+
+# --- official profile ---
+def _official_root(path_or_repo) -> tuple[str | Path, str]:
+    """(source, prefix): accepts the repo root (holding checkpoints/) or the checkpoints folder itself."""
+    local = Path(str(path_or_repo)).expanduser()
+    if local.is_dir():
+        if (local / "checkpoints" / "ootd").is_dir():
+            return local, "checkpoints/"
+        if (local / "ootd").is_dir():
+            return local, ""
+        raise WeightsError(f"{local} holds neither checkpoints/ootd/ nor ootd/; pass the folder laid out like "
+                           f"https://huggingface.co/{OFFICIAL_REPO} (the one that contains checkpoints/)")
+    return path_or_repo, "checkpoints/"
+
+
+def load_official_components(path_or_repo=OFFICIAL_REPO, variant="hd", clip_model=None, torch_dtype=None,
+                             final_sigmas_type="sigma_min") -> dict:
+    """The released OOTDiffusion weights (``variant`` hd = VITON-HD half-body, dc = Dress Code full-body).
+
+    ``path_or_repo``: a local folder laid out like the hub repo (or its ``checkpoints/`` folder), or a hub repo id;
+    from the hub only the files of the chosen variant are downloaded. ``clip_model`` defaults to
+    ``<root>/checkpoints/clip-vit-large-patch14`` when that folder exists, else ``openai/clip-vit-large-patch14``.
+    fp16 weight files are used when ``torch_dtype`` is half precision and they exist.
+    """
+    if variant not in ("hd", "dc"):
+        raise InputError(f"variant={variant!r} must be 'hd' (VITON-HD) or 'dc' (Dress Code)")
+    source, pre = _official_root(path_or_repo)
+    unets = f"{pre}ootd/ootd_{variant}/{OFFICIAL_CHECKPOINT}"
+    subs = [f"{pre}ootd/{s}" for s in ("vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor")]
+    subs += [f"{unets}/unet_garm", f"{unets}/unet_vton"]
+    root, variants = _select_files(source, subs, repo_id=OFFICIAL_REPO, torch_dtype=torch_dtype)
+
+    if clip_model is None:
+        local_clip = root / pre / "clip-vit-large-patch14"
+        clip_model = local_clip if local_clip.is_dir() else CLIP_REPO
+    image_encoder, clip_processor = _load_clip_vision(clip_model, torch_dtype)
+
+    def sub(name):
+        return root / f"{pre}ootd/{name}"
+
+    feature_extractor = CLIPImageProcessor.from_pretrained(sub("feature_extractor"))
+    scheduler = UniPCMultistepScheduler.from_pretrained(sub("scheduler"), final_sigmas_type=final_sigmas_type)
+    components = dict(
+        vae=AutoencoderKL.from_pretrained(sub("vae"), **variants[f"{pre}ootd/vae"], torch_dtype=torch_dtype),
+        text_encoder=CLIPTextModel.from_pretrained(sub("text_encoder"), **variants[f"{pre}ootd/text_encoder"],
+                                                   torch_dtype=torch_dtype),
+        tokenizer=CLIPTokenizer.from_pretrained(sub("tokenizer")),
+        image_encoder=image_encoder, feature_extractor=feature_extractor or clip_processor,
+        unet_garm=_load_unet(root / f"{unets}/unet_garm", variants[f"{unets}/unet_garm"], torch_dtype),
+        unet_vton=_load_unet(root / f"{unets}/unet_vton", variants[f"{unets}/unet_vton"], torch_dtype),
+        scheduler=scheduler)
+    if components["unet_vton"].config.in_channels != 2 * components["unet_garm"].config.in_channels:
+        raise WeightsError(f"{root / unets}/unet_vton has in_channels={components['unet_vton'].config.in_channels}, "
+                           "expected 8; the folder does not hold OOTDiffusion UNets")
+    return _eval(components)
+
+
+def read_model_index(folder) -> dict:
+    """The ``model_index.json`` of a released/pipeline folder (informational; never used to import classes)."""
+    path = Path(folder) / "model_index.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# --- one entry point for notebooks and the CLI ---
+def load_profile_components(profile: str = "toy", pretrained=None, variant: str = "hd", clip_model=None,
+                            torch_dtype=None, seed: int = 0) -> dict:
+    """Components for a profile.
+
+    * ``toy``: the shipped trained toy checkpoint (``assets/toy_checkpoint``, or ``pretrained``) when present, else
+      :func:`build_toy_components` (random weights: the mechanics work, the pictures are noise);
+    * ``official``: :func:`load_official_components` (``pretrained`` defaults to the hub repo);
+    * ``sd15``: :func:`build_sd15_components`.
+    """
+    from .config import PROFILES, TOY_CHECKPOINT
+
+    if profile == "toy":
+        folder = Path(pretrained) if pretrained else TOY_CHECKPOINT
+        if folder.is_dir() and any(folder.iterdir()):
+            return load_official_components(folder, variant, clip_model=clip_model, torch_dtype=torch_dtype)
+        return build_toy_components(seed)
+    if profile == "official":
+        return load_official_components(pretrained or OFFICIAL_REPO, variant, clip_model=clip_model,
+                                        torch_dtype=torch_dtype)
+    if profile == "sd15":
+        return build_sd15_components(pretrained or "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                                     clip_model=clip_model or CLIP_REPO, torch_dtype=torch_dtype)
+    raise InputError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+
+
+def save_components(components: dict, folder, variant: str = "hd") -> Path:
+    """Write components in the released folder layout (safetensors everywhere), atomically.
+
+    ``folder/checkpoints/ootd/{vae,text_encoder,tokenizer,scheduler,feature_extractor}``,
+    ``folder/checkpoints/ootd/ootd_<variant>/checkpoint-36000/unet_{garm,vton}`` and the image encoder in
+    ``folder/checkpoints/clip-vit-large-patch14`` — so :func:`load_official_components` reads it back.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    ootd = tmp / "checkpoints" / "ootd"
+    for name in ("vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor"):
+        components[name].save_pretrained(ootd / name)
+    unets = ootd / f"ootd_{variant}" / OFFICIAL_CHECKPOINT
+    components["unet_garm"].save_pretrained(unets / "unet_garm")
+    components["unet_vton"].save_pretrained(unets / "unet_vton")
+    clip = tmp / "checkpoints" / "clip-vit-large-patch14"
+    components["image_encoder"].save_pretrained(clip)
+    components["feature_extractor"].save_pretrained(clip)
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def notebook_components(profile: str = "toy", root=".", variant: str = "hd"):
+    """What the notebooks load: ``(components, profile_used, device, dtype, note)``.
+
+    ``official`` reads ``<root>/checkpoints`` when present, else the hub; when the weights cannot be had it says
+    "skipped: ..." in ``note`` and falls back to ``toy``. ``toy`` uses the trained toy checkpoint when it exists.
+    """
+    from .config import TOY_CHECKPOINT
+
+    root = Path(root)
+    if profile == "official":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        local = root if (root / "checkpoints" / "ootd").is_dir() else None
+        try:
+            comps = load_profile_components("official", pretrained=local, variant=variant, torch_dtype=dtype)
+            return ({k: v.to(device) if isinstance(v, nn.Module) else v for k, v in comps.items()}, "official",
+                    device, dtype, f"official {variant} weights on {device}")
+        except WeightsError as err:
+            note = f"skipped: official weights not available ({err}); falling back to the toy profile. "
+    else:
+        note = ""
+    comps = load_profile_components("toy", variant=variant)
+    trained = TOY_CHECKPOINT.is_dir() and any(TOY_CHECKPOINT.iterdir())
+    note += ("toy profile: trained toy checkpoint" if trained else
+             "toy profile: random (untrained) toy weights — the mechanics are real, the pictures are noise")
+    return comps, "toy", "cpu", torch.float32, note
