@@ -69,3 +69,26 @@ def overlay_mask(image, mask, color=(255, 0, 0), alpha=0.45) -> np.ndarray:
     m = m.squeeze()
     out = img * (1 - alpha * m[..., None]) + np.array(color, np.float32) * alpha * m[..., None]
     return out.clip(0, 255).astype(np.uint8)
+
+
+# Colours for the canonical parse labels (ATR 0-17 + 18 neck), chosen to be told apart at a glance.
+PARSE_COLOURS = np.array([
+    (0, 0, 0), (128, 0, 0), (255, 0, 0), (0, 85, 0), (255, 140, 0), (0, 0, 255), (0, 119, 221), (85, 51, 0),
+    (52, 86, 128), (0, 128, 0), (0, 255, 255), (255, 213, 170), (85, 255, 170), (170, 255, 85), (255, 255, 0),
+    (170, 0, 255), (128, 128, 128), (255, 0, 170), (210, 130, 130)], np.uint8)
+
+
+def parse_to_rgb(parse) -> np.ndarray:
+    """Canonical parse map (H,W ints 0-18) → uint8 colour image with ``PARSE_COLOURS``."""
+    return PARSE_COLOURS[np.asarray(parse, dtype=np.int64).clip(0, len(PARSE_COLOURS) - 1)]
+
+
+def parse_legend(ax, parse=None, fontsize=7):
+    """Add a legend of the canonical labels (only those present in ``parse`` when given) to a matplotlib axis."""
+    from matplotlib.patches import Patch
+
+    from .data import CANONICAL_LABELS
+
+    ids = range(len(CANONICAL_LABELS)) if parse is None else np.unique(np.asarray(parse)).tolist()
+    handles = [Patch(color=PARSE_COLOURS[i] / 255, label=f"{i} {CANONICAL_LABELS[i]}") for i in ids]
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=fontsize, frameon=False)

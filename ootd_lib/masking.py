@@ -1,0 +1,246 @@
+"""The agnostic mask: which pixels of the person the try-on model repaints.
+
+OOTDiffusion does not let the model see the clothes it replaces: it greys out a region built from a human-parsing map
+and a body pose. The rules below reproduce the released ``get_mask_location`` (described in shared/MASK_RULES.md):
+
+1. garment region = the parsed labels of the category (dilated), plus the neck and the *drawn* arms for tops/dresses;
+2. "fixed" = what must survive whatever the garment (head, shoes, bag, hands, and the clothes of the other half);
+3. repaint = garment region minus fixed; fill its holes; keep the largest connected region.
+
+All rules are written for 512×384 (H×W). At another height H the pixel sizes scale with H/512: the arm width exactly
+as released (``int(arm_width / 512 * H)``), the 5×5 dilations by running ``max(1, round(n * H / 512))`` iterations
+instead of ``n`` (the kernel stays 5×5, so the grown margin keeps the same fraction of the body).
+
+Inputs follow the course conventions: ``parse`` (H,W) in the canonical labels (ATR 0-17 + 18 neck), ``keypoints``
+(18,2) COCO-18 pixel coordinates at the parse map's size with NaN for missing joints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+
+CATEGORIES = ("upper_body", "lower_body", "dresses")
+MODEL_TYPES = ("hd", "dc")
+ARM_WIDTH = {"hd": 60, "dc": 45}  # pixels at height 512
+
+# Canonical (ATR + neck) labels used by the rules.
+HAT, HAIR, SUNGLASSES, UPPER, SKIRT, PANTS, DRESS, BELT, L_SHOE, R_SHOE, FACE, L_LEG, R_LEG, L_ARM, R_ARM, BAG, SCARF, \
+    NECK = range(1, 19)
+HEAD_LABELS = (HAT, SUNGLASSES, FACE)
+FIXED_LABELS = (L_SHOE, R_SHOE, HAT, SUNGLASSES, BAG)
+GARMENT_LABELS = {"dresses": (UPPER, SKIRT, PANTS, DRESS), "upper_body": (UPPER, DRESS),
+                  "lower_body": (SKIRT, PANTS, L_LEG, R_LEG)}
+EXTRA_FIXED = {"dresses": (), "upper_body": (SKIRT, PANTS), "lower_body": (UPPER, L_ARM, R_ARM)}
+# COCO-18 (shoulder, elbow, wrist) per side.
+ARM_JOINTS = {"right": (2, 3, 4), "left": (5, 6, 7)}
+WRIST_EXTENSION = 1.2  # the drawn arm reaches 20 % past the wrist, over the hand's root
+_KERNEL = np.ones((5, 5), np.uint8)
+GREY = 127  # fill value of the masked person (uint8)
+
+
+def _check(parse, keypoints, category, model_type):
+    if category not in CATEGORIES:
+        raise InputError(f"category {category!r} is not one of {CATEGORIES}")
+    if model_type not in MODEL_TYPES:
+        raise InputError(f"model_type {model_type!r} is not one of {MODEL_TYPES} (hd: VITON-HD model, dc: Dress Code)")
+    parse = np.asarray(parse)
+    if parse.ndim != 2:
+        raise InputError(f"parse map must be (H, W) labels, got shape {parse.shape}")
+    if parse.size and (parse.min() < 0 or parse.max() > NECK):
+        raise InputError(f"parse map labels must be canonical 0..18 (ATR + neck), got {parse.min()}..{parse.max()}; "
+                         "convert LIP / VITON-HD parse maps with ootd_lib.data first")
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    if keypoints.shape != (18, 2):
+        raise InputError(f"keypoints must be (18, 2) COCO-18 pixel coordinates, got shape {keypoints.shape}")
+    return parse, keypoints
+
+
+def scaled_iterations(n: int, height: int) -> int:
+    """Dilation iterations at ``height`` for a rule written as ``n`` iterations at height 512."""
+    return n if height == 512 else max(1, round(n * height / 512))
+
+
+def dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary dilation with the released 5×5 square kernel."""
+    return cv2.dilate(mask.astype(np.uint8), _KERNEL, iterations=iterations).astype(bool)
+
+
+def released_keypoints(keypoints: np.ndarray) -> np.ndarray:
+    """NaN-missing keypoints → the released convention, where a missing joint is ``[0, 0]``."""
+    return np.nan_to_num(np.asarray(keypoints, dtype=np.float64), nan=0.0)
+
+
+def is_missing(point) -> bool:
+    """The released test for a missing joint: both coordinates at most 1 pixel."""
+    return point[0] <= 1.0 and point[1] <= 1.0
+
+
+def draw_arm(shape, shoulder, elbow, wrist, width: int) -> np.ndarray:
+    """A thick polyline shoulder → elbow → extended wrist with rounded joints, plus a disc at the shoulder."""
+    shoulder, elbow, wrist = (np.asarray(p, dtype=np.float64) for p in (shoulder, elbow, wrist))
+    wrist = elbow + WRIST_EXTENSION * (wrist - elbow)
+    pts = [tuple(int(v) for v in p) for p in (shoulder, elbow, wrist)]  # integer pixels, truncated as released
+    canvas = np.zeros(shape, np.uint8)
+    if width <= 0:
+        return canvas.astype(bool)
+    cv2.line(canvas, pts[0], pts[1], 255, width)  # cv2 thick lines have round caps: the elbow joint is rounded
+    cv2.line(canvas, pts[1], pts[2], 255, width)
+    cv2.circle(canvas, pts[0], width // 2, 255, -1)
+    return canvas.astype(bool)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Released hole filling: clear a 1-px border, flood-fill the outside from the corner, add what it did not reach."""
+    img = mask.astype(np.uint8) * 255
+    img[0, :] = img[-1, :] = 0
+    img[:, 0] = img[:, -1] = 0
+    outside = img.copy()
+    cv2.floodFill(outside, np.zeros((img.shape[0] + 2, img.shape[1] + 2), np.uint8), (0, 0), 255)
+    return (img > 0) | (outside == 0)
+
+
+def largest_region(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 8-connected region (an empty mask stays empty)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return mask.astype(bool)
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == biggest
+
+
+def mask_layers(parse, keypoints, category: str = "upper_body", model_type: str = "hd") -> dict[str, np.ndarray]:
+    """Every intermediate layer of the agnostic mask (bool (H,W) arrays), in the order the rules build them.
+
+    Keys: ``garment`` (parsed garment labels), ``garment_dilated``, ``arms_drawn`` (both sides, from the pose),
+    ``hands`` (parsed arm outside the drawn arm), ``head``, ``neck``, ``arms_dilated``, ``region`` (everything the
+    garment may cover), ``fixed`` (never repainted), ``inpaint`` (region minus fixed), ``filled`` (holes filled),
+    ``final`` (largest region = the mask).
+    """
+    parse, keypoints = _check(parse, keypoints, category, model_type)
+    h, w = parse.shape
+    kp = released_keypoints(keypoints)
+    layers = {}
+
+    # 1-2. what each category repaints, and what it must leave alone
+    head = np.isin(parse, HEAD_LABELS)
+    fixed = np.isin(parse, FIXED_LABELS) | np.isin(parse, EXTRA_FIXED[category])
+    garment = np.isin(parse, GARMENT_LABELS[category])
+    changeable = (parse == 0) | ((parse != 0) & ~fixed)
+    layers["garment"] = garment
+
+    # 3. arms: the new garment may have longer sleeves than the old one, so the region follows the pose, not the parse
+    arms_drawn = np.zeros((h, w), bool)
+    hands = np.zeros((h, w), bool)
+    if category in ("upper_body", "dresses"):
+        width = int(ARM_WIDTH[model_type] / 512 * h)
+        for side, parsed_label in (("right", R_ARM), ("left", L_ARM)):
+            parsed = parse == parsed_label
+            shoulder, elbow, wrist = kp[list(ARM_JOINTS[side])]
+            # no wrist: fall back to the parsed arm, so nothing of the hand is protected on that side
+            drawn = parsed if is_missing(wrist) else draw_arm((h, w), shoulder, elbow, wrist, width)
+            hands |= parsed & ~drawn
+            arms_drawn |= drawn
+        fixed |= hands
+    layers["arms_drawn"], layers["hands"] = arms_drawn, hands
+
+    # 4. the face never changes
+    fixed |= head
+    layers["head"] = head
+
+    # 5-6. grow the garment region; tops also take the neck and the drawn arms
+    region = dilate(garment, scaled_iterations(5, h))
+    layers["garment_dilated"] = region.copy()
+    neck = np.zeros((h, w), bool)
+    arms_dilated = np.zeros((h, w), bool)
+    if category in ("upper_body", "dresses"):
+        neck = dilate(parse == NECK, scaled_iterations(1, h)) & ~head
+        arms_dilated = dilate(arms_drawn, scaled_iterations(4, h))
+        region |= neck | arms_dilated
+    layers["neck"], layers["arms_dilated"], layers["region"] = neck, arms_dilated, region
+
+    # 7. keep = what may change but is outside the region; everything else is repainted unless fixed
+    keep = changeable & ~region
+    total = keep | fixed
+    inpaint = ~total
+    layers["fixed"], layers["inpaint"] = fixed, inpaint
+
+    # 8. one solid blob: fill its holes, drop islands
+    layers["filled"] = fill_holes(inpaint)
+    layers["final"] = largest_region(layers["filled"])
+    return layers
+
+
+def agnostic_mask(parse, keypoints, category: str = "upper_body", model_type: str = "hd") -> np.ndarray:
+    """Boolean (H,W) mask of the pixels to repaint (True = repaint), the released rules at the parse map's size."""
+    return mask_layers(parse, keypoints, category, model_type)["final"]
+
+
+def masked_person(person, mask):
+    """The person with the mask region set to grey 127, the image the model sees instead of the original clothes.
+
+    ``person``: PIL image, uint8 (H,W,3) array, or float tensor in [-1,1] of shape (3,H,W) or (B,3,H,W); the result has
+    the same type. ``mask``: (H,W) / (1,H,W) / (B,1,H,W) bool, {0,1} or {0,255}, array, tensor or PIL image.
+    """
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"))
+    if isinstance(person, torch.Tensor):
+        m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).to(person.device) > 0
+        if m.shape[-2:] != person.shape[-2:]:
+            raise InputError(f"mask size {tuple(m.shape[-2:])} differs from person size {tuple(person.shape[-2:])}")
+        grey = torch.tensor(GREY / 127.5 - 1.0, dtype=person.dtype, device=person.device)
+        return torch.where(m, grey, person)  # (H,W), (1,H,W) and (B,1,H,W) masks broadcast over the channels
+    was_pil = isinstance(person, Image.Image)
+    arr = np.array(person.convert("RGB") if was_pil else person, dtype=np.uint8, copy=True)
+    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask).squeeze() > 0
+    if m.shape != arr.shape[:2]:
+        raise InputError(f"mask size {m.shape} differs from person size {arr.shape[:2]}")
+    arr[m] = GREY
+    return Image.fromarray(arr) if was_pil else arr
+
+
+def _estimate_annotations(image: Image.Image, weights, device):
+    """Parse map + keypoints of a real photo with the released estimators, both at 512×384."""
+    from .estimators import HumanParser, OpenPoseBody
+
+    parser = HumanParser.from_pretrained(weights or "levihsu/OOTDiffusion")
+    pose = OpenPoseBody.from_pretrained(weights or "levihsu/OOTDiffusion", device=device or "cpu")
+    return parser(image), pose(image)
+
+
+def mask_person_file(person, category: str = "upper_body", model_type: str = "hd", weights=None, out="mask.png",
+                     device=None) -> tuple[Path, Path]:
+    """CLI ``ootd mask``: write the mask PNG (white = repaint) and ``<out>_masked.png`` (the grey-filled person).
+
+    Images of a VITON-HD / Dress Code layout folder (real or toy) use the dataset's own parse map and keypoints, so no
+    weights are needed; any other photo goes through the released human parser and OpenPose (``weights``: a local
+    folder laid out like levihsu/OOTDiffusion, or the hub repo id).
+    """
+    from .data import find_annotations, load_rgb
+
+    person = Path(person)
+    if not person.is_file():
+        raise InputError(f"person image {person} does not exist")
+    image = load_rgb(person)
+    ann = find_annotations(person)
+    if ann is None:
+        parse, keypoints = _estimate_annotations(image, weights, device)
+    else:
+        parse, keypoints = np.asarray(ann["parse"]), np.asarray(ann["keypoints"])
+    mask = agnostic_mask(parse, keypoints, category, model_type)
+    if mask.shape != (image.height, image.width):  # annotations at another size: bring the mask to the photo's size
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.NEAREST)) > 0
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    masked_out = out.with_name(out.stem + "_masked.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out)
+    masked_person(image, mask).save(masked_out)
+    print(f"mask ({category}, {model_type}, {mask.mean():.1%} of the image) written to {out}; masked person to "
+          f"{masked_out}")
+    return out, masked_out
