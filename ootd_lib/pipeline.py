@@ -1,0 +1,489 @@
+"""Try-on sampling: ``OOTDPipeline``, a stock ``diffusers.DiffusionPipeline`` around the two OOTDiffusion UNets.
+
+One call does what the released inference does, in this order:
+
+1. **inputs** — person and garment images are resized to the model resolution (``pipe.config.height × width``; 1024×768
+   for the released models, 128×96 for the toy one) with PIL's bicubic filter and no aspect-ratio correction, as the
+   released run script does; the mask (white / 1 = repaint) is resized with nearest neighbour and binarised at 0.5. The
+   masked person is the person with the masked region painted grey (127, 127, 127).
+2. **conditioning** — the garment's CLIP image embedding as a prompt (hd: 2 tokens, dc: 4), the garment and
+   masked-person latents (``mode()``, unscaled) and the original person latents (``mode() × scaling_factor``, the
+   repaint target).
+3. **outfitting** — the garment UNet runs **once**, at t = 0, on ``[zero garment, garment]`` (just ``garment`` when the
+   guidance scale is 1); its transformer-block inputs become extra keys/values of the vton UNet's self-attention,
+   projected once and cached for all steps (:mod:`ootd_lib.fusion`).
+4. **denoising** — UniPC with the released scheduler config (scaled_linear betas, Karras sigmas, order 2, bh2). At each
+   step the vton UNet sees ``cat[x_t, person latents]``; with guidance the batch is doubled and combined as
+   ``ε_u + s·(ε_c − ε_u)``. After each step the latents outside the mask are replaced by the original person noised to
+   the next timestep with the *same* initial noise; after the last step by the clean original.
+5. **decode** with the VAE.
+
+The scheduler's last sigma: diffusers 0.24 (what the release used) ended the Karras schedule at ``sigma_min``; current
+diffusers can also step to zero. The default is ``final_sigmas_type="sigma_min"`` (identical to the release); pass
+``final_sigmas_type="zero"`` to :meth:`OOTDPipeline.from_official` / :func:`ootd_lib.models.make_scheduler` to
+change it.
+
+Also here: :func:`tryon` (mask from the estimators when none is given) and :func:`tryon_files` (the ``ootd tryon`` CLI).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers.schedulers import UniPCMultistepScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from .conditioning import decode_latents, encode_latents, encode_prompt, encode_repaint_target
+from .config import CATEGORIES, MODEL_TYPES, TOY_CHECKPOINT
+from .errors import InputError, WeightsError
+from .fusion import OutfittingFusion, transformer_block_names
+from .guidance import cfg_combine, uses_cfg
+from .masking import masked_person
+
+__all__ = ["OOTDPipeline", "tryon", "tryon_files", "load_toy_pipeline", "default_resolution", "prepare_images",
+           "prepare_masks", "repaint", "pick_device", "compute_mask"]
+
+OFFICIAL_RESOLUTION = (1024, 768)  # (H, W) of both released models
+TOY_RESOLUTION = (128, 96)  # the toy profile (VAE factor 4)
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------------
+def default_resolution(vae) -> tuple[int, int]:
+    """Profile resolution implied by the VAE: the toy VAE (factor 4) → 128×96, otherwise the released 1024×768."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return TOY_RESOLUTION if factor == 4 else OFFICIAL_RESOLUTION
+
+
+def _as_list(x) -> list:
+    """One input or a batch of inputs → list of single inputs (batched arrays / tensors are split)."""
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    if isinstance(x, np.ndarray) and x.ndim == 4:
+        return list(x)
+    if isinstance(x, torch.Tensor) and x.ndim == 4:
+        return list(x)
+    return [x]
+
+
+def _image_tensor(img, size, what: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image → ((3,H,W) tensor in [-1,1] at ``size`` (None: its own size), original (H, W)).
+
+    PIL: any colour mode (RGBA is composited onto white). numpy: HxWx3, uint8 [0,255] or float [0,1].
+    torch: (3,H,W) float in [-1,1].
+    """
+    if isinstance(img, np.ndarray):
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise InputError(f"{what}: numpy images must be H×W×3 (RGB), got shape {img.shape}")
+        if img.dtype != np.uint8:
+            if img.size and (img.min() < 0 or img.max() > 1):
+                raise InputError(f"{what}: float numpy images must be in [0, 1], got [{img.min():.3g}, {img.max():.3g}]"
+                                 "; pass uint8 for 0–255 values")
+            img = (img * 255).round().astype(np.uint8)
+        img = Image.fromarray(img)
+    if isinstance(img, Image.Image):
+        original = (img.height, img.width)
+        h, w = size or original
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+        img = img.convert("RGB")
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
+        return x, original
+    if isinstance(img, torch.Tensor):
+        if img.ndim != 3 or img.shape[0] != 3:
+            raise InputError(f"{what}: tensors must be (3,H,W) or (B,3,H,W) in [-1,1], got shape {tuple(img.shape)}")
+        x = img.detach().float().cpu()
+        if x.numel() and (x.min() < -1.001 or x.max() > 1.001):
+            raise InputError(f"{what}: tensor values must be in [-1, 1], got [{x.min():.3g}, {x.max():.3g}]; "
+                             "convert with x / 127.5 - 1 (0–255) or x * 2 - 1 (0–1)")
+        original = tuple(x.shape[-2:])
+        h, w = size or original
+        if original != (h, w):
+            x = F.interpolate(x[None], size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0]
+        return x.clamp(-1, 1), original
+    raise InputError(f"{what}: expected a PIL image, numpy array or tensor, got {type(img).__name__}")
+
+
+def prepare_images(images, size, what: str = "image") -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Image(s) → ((B,3,H,W) float tensor in [-1,1] at ``size`` (H, W), list of the original (H, W) sizes)."""
+    items = _as_list(images)
+    if not items:
+        raise InputError(f"{what}: got an empty batch")
+    pairs = [_image_tensor(im, size, f"{what}[{i}]" if len(items) > 1 else what) for i, im in enumerate(items)]
+    return torch.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+def _mask_tensor(mask, what: str) -> torch.Tensor:
+    """One mask → (1,H,W) float in [0,1] at its own size."""
+    if isinstance(mask, Image.Image):
+        if mask.mode not in ("1", "L"):
+            raise InputError(f"{what}: mask images must be mode 'L' or '1' (white = repaint), got mode {mask.mode!r}; "
+                             "convert with mask.convert('L')")
+        return torch.from_numpy(np.asarray(mask.convert("L")).copy()).float()[None] / 255
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(mask.copy())
+    if isinstance(mask, torch.Tensor):
+        m = mask.detach().cpu()
+        m = m[0] if m.ndim == 3 and m.shape[0] == 1 else m
+        if m.ndim != 2:
+            raise InputError(f"{what}: masks must be (H,W), (1,H,W) or (B,1,H,W), got shape {tuple(mask.shape)}")
+        m = m.float()
+        if m.numel() and (m.min() < 0 or m.max() > 1):
+            raise InputError(f"{what}: mask values must be in [0, 1] (1 = repaint), got [{m.min():.3g}, "
+                             f"{m.max():.3g}]; divide a 0–255 mask by 255 or pass it as a PIL 'L' image")
+        return m[None]
+    raise InputError(f"{what}: expected a PIL 'L' image, bool / [0,1] array or tensor, got {type(mask).__name__}")
+
+
+def prepare_masks(masks, sizes: Sequence[tuple[int, int]], size) -> torch.Tensor:
+    """Mask(s) → (B,1,H,W) float {0,1} at ``size``. Each mask must have its person image's original size."""
+    items = _as_list(masks)
+    if isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == 3 and masks.shape[0] != 1 and len(sizes) > 1:
+        items = list(masks)  # a (B,H,W) stack
+    if len(items) != len(sizes):
+        raise InputError(f"got {len(items)} masks for {len(sizes)} person images; pass one mask per person")
+    out = []
+    for i, (m, person_size) in enumerate(zip(items, sizes)):
+        what = f"mask[{i}]" if len(items) > 1 else "mask"
+        m = _mask_tensor(m, what)
+        if tuple(m.shape[-2:]) != tuple(person_size):
+            raise InputError(f"{what} is {m.shape[-1]}×{m.shape[-2]} (W×H) but its person image is "
+                             f"{person_size[1]}×{person_size[0]}; compute the mask on the same image")
+        m = F.interpolate(m[None], size=tuple(size), mode="nearest")[0]
+        out.append((m >= 0.5).float())
+    return torch.stack(out)
+
+
+def repaint(latents, original, noise, mask, scheduler, next_timestep=None) -> torch.Tensor:
+    """Keep the sample inside the mask; outside it put the original latents noised to ``next_timestep``
+    (``None`` = after the last step: the clean original)."""
+    if next_timestep is not None:
+        original = scheduler.add_noise(original, noise, next_timestep.reshape(1))
+    return (1 - mask) * original + mask * latents
+
+
+def _broadcast(items: list, n: int, what: str) -> list:
+    if len(items) == n:
+        return items
+    if len(items) == 1:
+        return items * n
+    raise InputError(f"got {len(items)} {what} for {n} pairs; pass one, or one per pair")
+
+
+# --- the pipeline -----------------------------------------------------------------------------------------------------
+class OOTDPipeline(DiffusionPipeline):
+    """OOTDiffusion virtual try-on: person + garment + mask → person wearing the garment.
+
+    Components: ``vae, text_encoder, tokenizer, image_encoder, feature_extractor, unet_garm, unet_vton, scheduler``
+    (stock diffusers / transformers classes). Config: ``height``, ``width`` (the profile resolution) and
+    ``model_type`` (``hd`` VITON-HD half-body, ``dc`` Dress Code with the category word in the prompt).
+
+    Load with :meth:`from_official` (released folder layout or hub repo; the shipped toy checkpoint uses that layout
+    too) or :meth:`from_pretrained` (a ``save_pretrained`` folder, or a released-layout folder).
+    """
+
+    # the garment UNet and the encoders are needed once per call; the VAE encodes first and decodes last
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet_garm->unet_vton->vae"
+
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 image_encoder: CLIPVisionModelWithProjection, feature_extractor: CLIPImageProcessor,
+                 unet_garm: UNet2DConditionModel, unet_vton: UNet2DConditionModel,
+                 scheduler: UniPCMultistepScheduler, height: int | None = None, width: int | None = None,
+                 model_type: str = "hd"):
+        super().__init__()
+        if model_type not in MODEL_TYPES:
+            raise InputError(f"model_type={model_type!r} must be one of {MODEL_TYPES}")
+        if unet_vton.config.in_channels != 2 * unet_garm.config.in_channels:
+            raise InputError(f"unet_vton has in_channels={unet_vton.config.in_channels}, expected "
+                             f"{2 * unet_garm.config.in_channels} (cat[noisy, masked-person latents])")
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
+                              feature_extractor=feature_extractor, unet_garm=unet_garm, unet_vton=unet_vton,
+                              scheduler=scheduler)
+        default_h, default_w = default_resolution(vae)
+        self.register_to_config(height=int(height or default_h), width=int(width or default_w), model_type=model_type)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # -- loading -------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_official(cls, path_or_repo="levihsu/OOTDiffusion", variant: str = "hd", clip_model=None,
+                      torch_dtype=None, final_sigmas_type: str = "sigma_min", height: int | None = None,
+                      width: int | None = None) -> "OOTDPipeline":
+        """Released weights (or the toy checkpoint, same layout) from a local folder or a hub repo id.
+
+        ``variant``: ``hd`` or ``dc``. Resolution defaults from the VAE (:func:`default_resolution`).
+        """
+        from .models import load_official_components
+
+        comps = load_official_components(path_or_repo, variant, clip_model=clip_model, torch_dtype=torch_dtype,
+                                         final_sigmas_type=final_sigmas_type)
+        return cls(**comps, height=height, width=width, model_type=variant)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "OOTDPipeline":
+        """A ``save_pretrained`` folder; a folder in the released layout (``checkpoints/ootd`` or ``ootd/``) or the
+        released hub repo id is handed to :meth:`from_official` (keywords: variant, clip_model, torch_dtype, ...)."""
+        from .hub import OFFICIAL_REPO
+
+        path = Path(str(pretrained_model_name_or_path)).expanduser()
+        released = path.is_dir() and ((path / "checkpoints" / "ootd").is_dir() or (path / "ootd").is_dir())
+        if released or str(pretrained_model_name_or_path) == OFFICIAL_REPO:
+            return cls.from_official(pretrained_model_name_or_path, **kwargs)
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            raise WeightsError(f"{path} holds neither model_index.json (an OOTDPipeline.save_pretrained folder) nor "
+                               "checkpoints/ootd/ (the released layout); pass one of those")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    # -- pieces of a call ----------------------------------------------------------------------------------------------
+    def prepare_inputs(self, person, garment, mask):
+        """→ person (B,3,H,W), garment (B,3,H,W) in [-1,1] and mask (B,1,H,W) {0,1}, all at the model resolution."""
+        size = (self.config.height, self.config.width)
+        persons, sizes = prepare_images(person, size, "person")
+        garments, _ = prepare_images(garment, size, "garment")
+        if mask is None:
+            raise InputError("mask is required (white / 1 = region to repaint); compute one with ootd_lib.tryon(...) "
+                             "or `ootd mask`")
+        masks = prepare_masks(mask, sizes, size)
+        n = max(len(persons), len(garments))
+        persons, masks = (torch.cat([t] * n) if len(t) == 1 else t for t in (persons, masks))
+        garments = torch.cat([garments] * n) if len(garments) == 1 else garments
+        if not len(persons) == len(garments) == len(masks):
+            raise InputError(f"got {len(persons)} person images, {len(garments)} garments and {len(masks)} masks; "
+                             "pass one garment for all persons or one per person")
+        return persons, garments, masks
+
+    def encode_conditions(self, person, garment, mask, categories, device, dtype):
+        """Prompt embeddings, garment latents, masked-person latents (unscaled) and repaint target (scaled)."""
+        prompt = encode_prompt(garment, categories, self.config.model_type, self.tokenizer, self.text_encoder,
+                               self.image_encoder, self.feature_extractor)
+        garment_latents = encode_latents(self.vae, garment.to(device, dtype))
+        person_latents = encode_latents(self.vae, masked_person(person, mask).to(device, dtype))
+        original = encode_repaint_target(self.vae, person.to(device, dtype))
+        return [t.to(device, dtype) for t in (prompt, garment_latents, person_latents, original)]
+
+    @contextmanager
+    def outfitting_fusion(self):
+        """Install outfitting fusion for one call and restore the vton UNet's previous attention processors after
+        (so a training ``OOTDModel`` sharing these UNets keeps its own fusion)."""
+        attn1 = [self.unet_vton.get_submodule(n).attn1 for n in transformer_block_names(self.unet_vton)]
+        before = [a.processor for a in attn1]
+        fusion = OutfittingFusion(self.unet_garm, self.unet_vton)
+        try:
+            yield fusion
+        finally:
+            fusion.remove()
+            for a, p in zip(attn1, before):
+                a.set_processor(p)
+
+    def predict_noise(self, x, t, person_latents, prompt, scale):
+        """ε for the current latents; with guidance the batch is [unconditional, conditional]."""
+        double = uses_cfg(scale)
+        x_in = self.scheduler.scale_model_input(torch.cat([x, x]) if double else x, t)
+        person = torch.cat([person_latents] * 2) if double else person_latents
+        eps = self.unet_vton(torch.cat([x_in, person], 1), t, prompt, return_dict=False)[0]
+        return cfg_combine(*eps.chunk(2), scale) if double else eps
+
+    # -- the call ------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, person, garment, mask, category="upper_body", num_inference_steps: int = 20,
+                 image_guidance_scale: float = 2.0, num_images_per_prompt: int = 1, generator=None,
+                 output_type: str = "pil", return_dict: bool = True):
+        """Try ``garment`` on ``person`` inside ``mask``.
+
+        Args:
+            person, garment: PIL image, numpy HxWx3 (uint8, or float in [0,1]), tensor (3,H,W) in [-1,1], or a list /
+                batch of them (one garment may serve many persons). Resized to ``config.height × config.width``.
+            mask: PIL 'L'/'1' image (white = repaint), bool / [0,1] array or tensor; one per person, of its size.
+            category: ``upper_body`` | ``lower_body`` | ``dresses`` (or one per pair); used in the ``dc`` prompt.
+            num_inference_steps: UniPC steps (20 as released).
+            image_guidance_scale: garment guidance s (2.0 as released); s == 1 runs a single, undoubled batch.
+            num_images_per_prompt: samples per pair; outputs are grouped by pair (pair 0's samples first).
+            generator: ``torch.Generator`` or a list of them (one per output image), for reproducible noise.
+            output_type: ``pil`` | ``np`` (B,H,W,3 in [0,1]) | ``pt`` (B,3,H,W in [0,1]) | ``latent``.
+        Returns:
+            ``ImagePipelineOutput`` with ``.images`` (or a tuple ``(images,)`` when ``return_dict=False``).
+        """
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise InputError(f"output_type={output_type!r} must be 'pil', 'np', 'pt' or 'latent'")
+        if int(num_inference_steps) < 1 or int(num_images_per_prompt) < 1:
+            raise InputError(f"num_inference_steps={num_inference_steps} and num_images_per_prompt="
+                             f"{num_images_per_prompt} must be at least 1")
+        if image_guidance_scale < 0:
+            raise InputError(f"image_guidance_scale={image_guidance_scale} must be >= 0 (1 = no guidance)")
+        device, dtype = self._execution_device, self.unet_vton.dtype
+
+        # 1. inputs and conditioning (per pair), then one row per output image
+        person, garment, mask = self.prepare_inputs(person, garment, mask)
+        categories = _broadcast(_as_list(category), len(person), "categories")
+        for c in categories:
+            if c not in CATEGORIES:
+                raise InputError(f"category {c!r} must be one of {CATEGORIES}")
+        conds = self.encode_conditions(person, garment, mask, categories, device, dtype)
+        prompt, garment_latents, person_latents, original = (t.repeat_interleave(num_images_per_prompt, 0)
+                                                             for t in conds)
+        m = F.interpolate(mask, size=original.shape[-2:], mode="nearest").to(device, dtype)
+        m = m.repeat_interleave(num_images_per_prompt, 0)
+
+        # 2. the garment UNet, once: [zero garment, garment] for guidance
+        double = uses_cfg(image_guidance_scale)
+        garments = torch.cat([torch.zeros_like(garment_latents), garment_latents]) if double else garment_latents
+        prompts = torch.cat([prompt, prompt]) if double else prompt
+        with self.outfitting_fusion() as fusion:
+            states = fusion.garment_states(garments, prompts)
+            fusion.set_garment(states)
+
+            # 3. UniPC denoising with repaint outside the mask
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            timesteps = self.scheduler.timesteps
+            noise = randn_tensor(original.shape, generator=generator, device=device, dtype=dtype)
+            x = noise * self.scheduler.init_noise_sigma
+            with self.progress_bar(total=len(timesteps)) as bar:
+                for i, t in enumerate(timesteps):
+                    eps = self.predict_noise(x, t, person_latents, prompts, image_guidance_scale)
+                    if i == 0:  # cache the garment keys/values only now: with CPU offload the vton UNet has just
+                        # been moved to the execution device by this first call
+                        fusion.set_garment(states, cache_kv=True)
+                    x = self.scheduler.step(eps, t, x, return_dict=False)[0]
+                    x = repaint(x, original, noise, m, self.scheduler,
+                                timesteps[i + 1] if i + 1 < len(timesteps) else None)
+                    bar.update()
+            fusion.clear()
+
+        # 4. decode
+        images = x if output_type == "latent" else self._postprocess(decode_latents(self.vae, x), output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    @staticmethod
+    def _postprocess(images: torch.Tensor, output_type: str):
+        images = ((images.float() + 1) / 2).clamp(0, 1).cpu()
+        if output_type == "pt":
+            return images
+        arr = images.permute(0, 2, 3, 1).numpy()
+        if output_type == "np":
+            return arr
+        return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
+
+
+def load_toy_pipeline(path=None, torch_dtype=None) -> OOTDPipeline:
+    """The shipped trained toy checkpoint (``assets/toy_checkpoint``, released folder layout): 128×96, hd prompt."""
+    path = Path(path) if path is not None else TOY_CHECKPOINT
+    if not (path.is_dir() and any(path.iterdir())):
+        raise WeightsError(f"toy checkpoint {path} is missing; train it with `ootd train --config configs/toy.yaml` "
+                           "(see assets/README.md) or pass the folder of another checkpoint")
+    return OOTDPipeline.from_official(path, variant="hd", torch_dtype=torch_dtype)
+
+
+# --- convenience entry points -----------------------------------------------------------------------------------------
+PARSE_SIZE = (512, 384)  # (H, W) the released parser, OpenPose and mask rules work at
+
+
+def tryon(person_image, garment_image, category: str = "upper_body", pipe: OOTDPipeline | None = None,
+          parser=None, pose=None, mask=None, **call_kwargs):
+    """One try-on with the mask computed when not given; returns the pipeline output (``.images``).
+
+    The mask comes from, in order: ``mask``; the estimators (``parser``: a ``HumanParser``, ``pose``: an
+    ``OpenPoseBody``) run on the person resized to 384×512 as released; or, for a toy / dataset image given as a
+    path, the parse map and keypoints stored next to it (``ootd_lib.data.find_annotations``).
+    """
+    if pipe is None:
+        raise InputError("tryon needs a pipeline: pass pipe=OOTDPipeline.from_official(...) or load_toy_pipeline()")
+    path = Path(person_image) if isinstance(person_image, (str, Path)) else None
+    person = Image.open(path).convert("RGB") if path is not None else person_image
+    garment = Image.open(garment_image).convert("RGB") if isinstance(garment_image, (str, Path)) else garment_image
+    if mask is None:
+        mask = compute_mask(person, category, pipe.config.model_type, parser=parser, pose=pose, person_path=path)
+    return pipe(person, garment, mask, category=category, **call_kwargs)
+
+
+def compute_mask(person, category: str, model_type: str, parser=None, pose=None, person_path=None) -> Image.Image:
+    """Agnostic mask (PIL 'L', the person's size) from the estimators, or from a dataset image's annotations."""
+    from .masking import agnostic_mask
+
+    if parser is not None and pose is not None:
+        small = _to_pil(person).convert("RGB").resize(PARSE_SIZE[::-1], Image.BICUBIC)
+        parse, keypoints = parser(small), pose(small)
+    else:
+        from .data import find_annotations
+
+        found = find_annotations(person_path, size=PARSE_SIZE) if person_path is not None else None
+        if found is None:
+            raise InputError("no mask: pass mask=..., or parser= and pose= estimators (released weights), or the "
+                             "person as a path to a toy / dataset image that has its parse map and keypoints")
+        parse, keypoints = found["parse"], found["keypoints"]
+    m = np.asarray(agnostic_mask(parse, keypoints, category, model_type), dtype=bool)
+    w, h = _to_pil(person).size
+    return Image.fromarray(m.astype(np.uint8) * 255, "L").resize((w, h), Image.NEAREST)
+
+
+def _to_pil(img) -> Image.Image:
+    """One person image (PIL, array or tensor) → PIL RGB at its own size."""
+    if isinstance(img, Image.Image):
+        return img
+    x, _ = prepare_images(img, None, "person")
+    if len(x) != 1:
+        raise InputError(f"tryon takes one person image, got a batch of {len(x)}; call the pipeline for batches")
+    return Image.fromarray(((x[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+
+
+def pick_device(device: str | None = None) -> str:
+    """``device`` if given, else the best available: cuda, then mps, then cpu."""
+    if device:
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def tryon_files(person, garment, category="upper_body", mask=None, model=None, official=None, variant="hd",
+                steps=20, scale=2.0, seed=0, samples=1, out="result.png", device=None, weights=None) -> list[Path]:
+    """``ootd tryon``: read the images, load the model (default: the shipped toy checkpoint), write the result(s).
+
+    With ``samples > 1`` the files are ``out`` with ``_0``, ``_1``, ... before the suffix. Returns the written paths.
+    """
+    for p in (person, garment) + ((mask,) if mask else ()):
+        if not Path(p).is_file():
+            raise InputError(f"image file {p} does not exist")
+    device = pick_device(device)
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    if official:
+        pipe = OOTDPipeline.from_official(official, variant=variant, torch_dtype=dtype)
+    elif model:
+        pipe = OOTDPipeline.from_pretrained(model, torch_dtype=dtype)
+    else:
+        pipe = load_toy_pipeline(torch_dtype=dtype)
+    pipe.to(device)
+    parser = pose = None
+    if mask is None:
+        from .data import find_annotations
+
+        if find_annotations(person) is None:  # a real photo: the released human parser and OpenPose
+            from .estimators import HumanParser, OpenPoseBody
+            from .hub import OFFICIAL_REPO
+
+            source = weights or official or OFFICIAL_REPO
+            parser, pose = HumanParser.from_pretrained(source), OpenPoseBody.from_pretrained(source, device=device)
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    result = tryon(Path(person), Path(garment), category, pipe, parser=parser, pose=pose,
+                   mask=Image.open(mask).convert("L") if mask else None, num_inference_steps=steps,
+                   image_guidance_scale=scale, num_images_per_prompt=samples, generator=generator)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if samples == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(samples)]
+    for img, p in zip(result.images, paths):
+        img.save(p)
+        print(f"wrote {p}")
+    return paths
