@@ -68,6 +68,16 @@ class Config:
     sample_every: int = 1000
     max_nonfinite_in_a_row: int = 5
     report_to: str = "csv"  # csv | tensorboard | csv,tensorboard
+    lr_scheduler: str = "constant"  # any diffusers.optimization.get_scheduler name (constant, cosine, ...)
+    sample_pairs: int = 4  # test pairs in each sample grid (sample_every)
+    cache_latents: bool = False  # encode the dataset once with the frozen VAE/CLIP (no augmentation; toy: on)
+    torch_threads: int | None = None  # torch.set_num_threads for CPU runs
+    # toy recipe only: the stand-in for SD's pretrained VAE is trained first (see ootd_lib.training.pretrain_toy_vae)
+    vae_path: str | None = None  # a trained toy VAE folder to reuse (skips pre-training)
+    vae_pretrain_steps: int = 0
+    vae_pretrain_lr: float = 1e-3
+    vae_pretrain_batch_size: int = 8
+    vae_pretrain_crop: tuple[int, int] = (64, 48)  # random crops (H, W) keep CPU steps cheap
 
     # --- inference ---------------------------------------------------------------------------------------------
     num_inference_steps: int = 20
@@ -79,6 +89,7 @@ class Config:
     def __post_init__(self):
         self.resolution = tuple(int(v) for v in self.resolution)
         self.categories = tuple(self.categories)
+        self.vae_pretrain_crop = tuple(int(v) for v in self.vae_pretrain_crop)
         self.validate()
 
     def validate(self) -> None:
@@ -96,8 +107,9 @@ class Config:
         h, w = self.resolution
         if len(self.resolution) != 2 or h % 8 or w % 8:
             raise ConfigError(f"config field resolution={self.resolution!r} must be (H, W), both multiples of 8")
-        if not 0.0 <= self.outfitting_dropout < 1.0:
-            raise ConfigError(f"config field outfitting_dropout={self.outfitting_dropout} must be in [0, 1)")
+        # p = 1 (garment always dropped) is allowed for the ablation baseline only: such a model ignores the garment
+        if not 0.0 <= self.outfitting_dropout <= 1.0:
+            raise ConfigError(f"config field outfitting_dropout={self.outfitting_dropout} must be in [0, 1]")
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -138,6 +150,7 @@ class Config:
         d = dataclasses.asdict(self)
         d["resolution"] = list(self.resolution)
         d["categories"] = list(self.categories)
+        d["vae_pretrain_crop"] = list(self.vae_pretrain_crop)
         return d
 
     def to_yaml(self, path: str | Path) -> None:
