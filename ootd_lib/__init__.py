@@ -25,6 +25,7 @@ _LAZY = {
     "VitonHDDataset": ("data", "VitonHDDataset"),
     "DressCodeDataset": ("data", "DressCodeDataset"),
     "Config": ("config", "Config"),
+    "TryOnPlayground": ("playground", "TryOnPlayground"),
 }
 
 

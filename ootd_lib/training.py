@@ -404,6 +404,7 @@ def sample_grid(comps: dict, dataset, n: int, steps: int, seed: int, model_type:
     persons = torch.stack([it["person"] for it in items])
     garments = torch.stack([it["garment"] for it in items])
     masks = torch.stack([it["mask"] for it in items])
+    pipe.register_to_config(height=persons.shape[-2], width=persons.shape[-1])  # sample at the training resolution
     out = pipe(persons, garments, masks, [it["category"] for it in items], num_inference_steps=steps,
                generator=torch.Generator().manual_seed(seed), output_type="pt").images * 2 - 1
     rows = torch.cat([persons, garments, masks.expand(-1, 3, -1, -1) * 2 - 1, out.to(persons.dtype)], dim=3)
