@@ -115,10 +115,9 @@ class Config:
     @classmethod
     def for_profile(cls, profile: str = "toy", **overrides) -> "Config":
         """Defaults of a profile (``toy``, ``sd15``, ``official``) with keyword overrides."""
-        base = dict(_PROFILE_DEFAULTS.get(profile, {}) if profile in PROFILES else {})
         if profile not in PROFILES:
             raise ConfigError(f"unknown profile {profile!r}; choose one of {PROFILES}")
-        base.update(overrides)
+        base = {**_PROFILE_DEFAULTS[profile], **overrides}
         base["profile"] = profile
         return cls.from_dict(base)
 
