@@ -76,9 +76,9 @@ def _to_pil_list(images) -> list:
     if isinstance(images, Image.Image):
         return [images.convert("RGB")]
     if isinstance(images, torch.Tensor):
-        x = images.detach().float().cpu()
-        x = x[None] if x.ndim == 3 else x
-        arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        from .data import tensor_to_uint8
+
+        arr = tensor_to_uint8(images[None] if images.ndim == 3 else images)
         return [Image.fromarray(a) for a in arr]
     if isinstance(images, (list, tuple)):
         return [im.convert("RGB") if isinstance(im, Image.Image) else _to_pil_list(im)[0] for im in images]

@@ -114,6 +114,13 @@ def image_to_tensor(img: Image.Image, size=None) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
+def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """The inverse of :func:`image_to_tensor`: (3,H,W) or (B,3,H,W) in [-1, 1] → uint8 (H,W,3) or (B,H,W,3);
+    values outside [-1, 1] are clipped."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).numpy()
+
+
 def resize_nearest(array: np.ndarray, size=None) -> np.ndarray:
     """Resize an (H,W) label or mask array with nearest neighbour (labels must never be interpolated)."""
     if size is None or array.shape == tuple(size):

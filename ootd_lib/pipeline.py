@@ -43,6 +43,7 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 
 from .conditioning import decode_latents, encode_latents, encode_prompt, encode_repaint_target
 from .config import CATEGORIES, MODEL_TYPES, TOY_CHECKPOINT
+from .data import tensor_to_uint8
 from .errors import InputError, WeightsError
 from .fusion import OutfittingFusion, transformer_block_names
 from .guidance import cfg_combine, uses_cfg
@@ -434,7 +435,7 @@ def _to_pil(img) -> Image.Image:
     x, _ = prepare_images(img, None, "person")
     if len(x) != 1:
         raise InputError(f"tryon takes one person image, got a batch of {len(x)}; call the pipeline for batches")
-    return Image.fromarray(((x[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+    return Image.fromarray(tensor_to_uint8(x[0]))
 
 
 def pick_device(device: str | None = None) -> str:

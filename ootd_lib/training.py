@@ -394,6 +394,7 @@ def plot_loss(csv_path, png_path, smooth: int = 20):
 @torch.no_grad()
 def sample_grid(comps: dict, dataset, n: int, steps: int, seed: int, model_type: str) -> Image.Image:
     """Rows of person | garment | mask | result for the first ``n`` items (a quick look at training progress)."""
+    from .data import tensor_to_uint8
     from .pipeline import OOTDPipeline
 
     pipe = OOTDPipeline(**{k: comps[k] for k in ("vae", "text_encoder", "tokenizer", "image_encoder",
@@ -409,7 +410,7 @@ def sample_grid(comps: dict, dataset, n: int, steps: int, seed: int, model_type:
                generator=torch.Generator().manual_seed(seed), output_type="pt").images * 2 - 1
     rows = torch.cat([persons, garments, masks.expand(-1, 3, -1, -1) * 2 - 1, out.to(persons.dtype)], dim=3)
     grid = torch.cat(list(rows), dim=1)
-    return Image.fromarray(((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+    return Image.fromarray(tensor_to_uint8(grid))
 
 
 # --- components -------------------------------------------------------------------------------------------------------------

@@ -16,16 +16,12 @@ def to_numpy_image(x) -> np.ndarray:
     if isinstance(x, Image.Image):
         return np.asarray(x)
     if isinstance(x, torch.Tensor):
-        x = x.detach().float().cpu()
-        if x.ndim == 4:
-            x = x[0]
-        if x.ndim == 3:
-            x = x.permute(1, 2, 0)
-            if x.shape[-1] == 1:
-                x = x[..., 0]
-            else:
-                x = (x.clamp(-1, 1) + 1) * 127.5
-        return x.numpy().round().astype(np.uint8) if x.ndim == 3 else x.numpy()
+        from .data import tensor_to_uint8
+
+        x = x[0] if x.ndim == 4 else x
+        if x.ndim == 3 and x.shape[0] == 1:  # a (1,H,W) mask: values as they are
+            return x[0].detach().float().cpu().numpy()
+        return tensor_to_uint8(x) if x.ndim == 3 else x.detach().float().cpu().numpy()
     return np.asarray(x)
 
 

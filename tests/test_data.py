@@ -9,7 +9,7 @@ from PIL import Image
 
 from ootd_lib.data import (ATR_LABELS, CANONICAL_LABELS, LIP_TO_CANONICAL, DressCodeDataset, VitonHDDataset,
                            body25_to_coco18, dresscode_keypoints_to_coco18, find_annotations, load_label_map,
-                           load_rgb)
+                           image_to_tensor, load_rgb, tensor_to_uint8)
 from ootd_lib.errors import DataError, InputError
 from ootd_lib.toydata import CANONICAL_TO_LIP, random_person, render_person, sample_rng
 
@@ -256,3 +256,15 @@ def test_works_with_a_dataloader(toy_dresscode):
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["person"].shape == (4, 3, 128, 96) and batch["keypoints"].shape == (4, 18, 2)
     assert batch["target"].shape == (4, 3, 128, 96) and len(batch["person_name"]) == 4
+
+
+def test_tensor_to_uint8_inverts_image_to_tensor_for_single_images_and_batches():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    x = image_to_tensor(Image.fromarray(arr))
+    assert np.array_equal(tensor_to_uint8(x), arr)
+    batch = tensor_to_uint8(torch.stack([x, -x]))
+    assert batch.shape == (2, 8, 6, 3) and np.array_equal(batch[0], arr)
+    assert np.array_equal(batch[1], 255 - arr)  # -x mirrors the value range
+    out = tensor_to_uint8(torch.tensor([-3.0, 0.0, 3.0]).view(3, 1, 1))  # clipped, not wrapped around
+    assert out.tolist() == [[[0, 128, 255]]]
