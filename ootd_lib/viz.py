@@ -19,9 +19,9 @@ def to_numpy_image(x) -> np.ndarray:
         from .data import tensor_to_uint8
 
         x = x[0] if x.ndim == 4 else x
-        if x.ndim == 3 and x.shape[0] == 1:  # a (1,H,W) mask: values as they are
-            return x[0].detach().float().cpu().numpy()
-        return tensor_to_uint8(x) if x.ndim == 3 else x.detach().float().cpu().numpy()
+        if x.ndim == 3 and x.shape[0] != 1:
+            return tensor_to_uint8(x)
+        return x.detach().float().cpu().numpy().reshape(x.shape[-2:])  # a (1,H,W) or (H,W) mask: values as they are
     return np.asarray(x)
 
 
