@@ -43,7 +43,7 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 
 from .conditioning import decode_latents, encode_latents, encode_prompt, encode_repaint_target
 from .config import CATEGORIES, MODEL_TYPES, TOY_CHECKPOINT
-from .data import tensor_to_uint8
+from .data import image_to_tensor, tensor_to_uint8
 from .errors import InputError, WeightsError
 from .fusion import OutfittingFusion, transformer_block_names
 from .guidance import cfg_combine, uses_cfg
@@ -97,8 +97,7 @@ def _image_tensor(img, size, what: str) -> tuple[torch.Tensor, tuple[int, int]]:
         img = img.convert("RGB")
         if img.size != (w, h):
             img = img.resize((w, h), Image.BICUBIC)
-        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
-        return x, original
+        return image_to_tensor(img), original
     if isinstance(img, torch.Tensor):
         if img.ndim != 3 or img.shape[0] != 3:
             raise InputError(f"{what}: tensors must be (3,H,W) or (B,3,H,W) in [-1,1], got shape {tuple(img.shape)}")
