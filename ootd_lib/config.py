@@ -18,6 +18,7 @@ from .errors import ConfigError
 
 PROFILES = ("toy", "sd15", "official")
 MODEL_TYPES = ("hd", "dc")
+LOSS_WEIGHTINGS = ("none", "truncated_snr")
 CATEGORIES = ("upper_body", "lower_body", "dresses")
 LAYOUTS = ("vitonhd", "dresscode")
 
@@ -56,6 +57,7 @@ class Config:
     train_batch_size: int = 64  # global batch = train_batch_size (per process × processes × accumulation)
     gradient_accumulation_steps: int = 1
     outfitting_dropout: float = 0.1
+    loss_weighting: str = "none"  # none (paper: plain ε-MSE) | truncated_snr (ε-MSE × max(1, 1/SNR), toy recipe)
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
@@ -77,7 +79,8 @@ class Config:
     vae_pretrain_steps: int = 0
     vae_pretrain_lr: float = 1e-3
     vae_pretrain_batch_size: int = 8
-    vae_pretrain_crop: tuple[int, int] = (64, 48)  # random crops (H, W) keep CPU steps cheap
+    vae_pretrain_crop: tuple[int, int] | None = (64, 48)  # random crops (H, W) keep CPU steps cheap; null: whole images
+    vae_pretrain_l1_weight: float = 0.0  # loss = MSE + this × L1 (the shipped toy VAE: 0)
 
     # --- inference ---------------------------------------------------------------------------------------------
     num_inference_steps: int = 20
@@ -89,7 +92,8 @@ class Config:
     def __post_init__(self):
         self.resolution = tuple(int(v) for v in self.resolution)
         self.categories = tuple(self.categories)
-        self.vae_pretrain_crop = tuple(int(v) for v in self.vae_pretrain_crop)
+        if self.vae_pretrain_crop is not None:
+            self.vae_pretrain_crop = tuple(int(v) for v in self.vae_pretrain_crop)
         self.validate()
 
     def validate(self) -> None:
@@ -102,6 +106,7 @@ class Config:
         check("layout", self.layout, LAYOUTS)
         check("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         check("final_sigmas_type", self.final_sigmas_type, ("sigma_min", "zero"))
+        check("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         for c in self.categories:
             check("categories[]", c, CATEGORIES)
         h, w = self.resolution
@@ -149,7 +154,7 @@ class Config:
         d = dataclasses.asdict(self)
         d["resolution"] = list(self.resolution)
         d["categories"] = list(self.categories)
-        d["vae_pretrain_crop"] = list(self.vae_pretrain_crop)
+        d["vae_pretrain_crop"] = list(self.vae_pretrain_crop) if self.vae_pretrain_crop is not None else None
         return d
 
     def to_yaml(self, path: str | Path) -> None:

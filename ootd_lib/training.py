@@ -7,7 +7,7 @@ One training step (paper recipe, :func:`training_step`)::
     x_t     = add_noise(x0, noise, t)
     garment = garment_latents * keep,  keep ~ Bernoulli(1 - p)    outfitting dropout (p = 0.1)
     eps     = OOTDModel(x_t, t, masked_person_latents, garment, clip_prompt)   garment UNet at t = 0 inside
-    loss    = mse(eps, noise)
+    loss    = mse(eps, noise)                                   (loss_weighting: per-t weights, default none)
 
 What this module adds around it: data (dataset + agnostic masks cached on disk), the accelerate loop (single process,
 DDP, FSDP/DeepSpeed through ``accelerate launch --config_file configs/accelerate/...``), mixed precision, gradient
@@ -163,13 +163,14 @@ def cache_latents(dataset, comps: dict, model_type: str, device, batch_size: int
 
 # --- the toy VAE (stand-in for SD's pretrained VAE) ---------------------------------------------------------------------
 def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int = 8, crop=(64, 48), seed: int = 0,
-                     kl_weight: float = 1e-6, progress: bool = True, log=None):
+                     kl_weight: float = 1e-6, l1_weight: float = 0.0, progress: bool = True, log=None):
     """Teach the random toy VAE to reconstruct toy images (persons and garments).
 
     Real OOTDiffusion starts from Stable Diffusion's pretrained VAE; the toy world has none, and a random VAE cannot
     reconstruct anything, so the toy recipe first trains one: MSE reconstruction of random crops (the VAE is
-    convolutional, crops make each CPU step cheap) of the posterior mode, plus a tiny KL term that keeps the latents
-    centred.
+    convolutional, crops make each CPU step cheap; ``crop=None`` trains on whole images, so GroupNorm sees the statistics
+    it will see at inference) of the posterior mode, plus a tiny KL term that keeps the latents centred, plus
+    ``l1_weight`` × L1 (L1 pins flat colours; MSE alone settles for small colour casts).
     """
     from tqdm.auto import tqdm
 
@@ -191,12 +192,14 @@ def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int
         # of steps; the pipeline only ever uses mode() latents anyway
         recon = vae.decode(post.mode()).sample
         loss = F.mse_loss(recon, batch) + kl_weight * post.kl().mean()
+        if l1_weight:
+            loss = loss + l1_weight * F.l1_loss(recon, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         if log is not None:
-            log(step, float(loss))
+            log(step, float(loss.detach()))
     vae.eval()
     set_latent_scaling(vae, pool[: min(len(pool), 64)])
     return vae
@@ -226,16 +229,36 @@ def draw_randomness(seed: int, micro_step: int, global_batch: int, latent_shape,
     return dict(noise=noise[rows], timesteps=timesteps[rows], keep=keep[rows])
 
 
-def training_step(model, noise_scheduler, latents: dict, rand: dict) -> torch.Tensor:
-    """ε-MSE loss of one batch (see the module docstring). ``latents``: target/person/garment/prompt;
-    ``rand``: noise/timesteps/keep from :func:`draw_randomness`."""
+def loss_weights(noise_scheduler, timesteps: torch.Tensor, weighting: str = "none") -> torch.Tensor:
+    """Per-sample weights of the ε-MSE. ``none``: 1 (the paper's loss). ``truncated_snr``: max(1, 1/SNR(t)), the
+    "truncated SNR" weighting of Salimans & Ho (2022) = x0-MSE × max(SNR, 1).
+
+    Why it exists: an ε-prediction model's ε error is √SNR × its x0 error, so plain ε-MSE barely rewards getting x0
+    right at high noise (SNR(800) = 0.04), where the garment must set the colours. Measured on the toy world (64×48,
+    1 000 steps, same data and noise stream, ``configs/experiments/``): masked x0-MSE at t = 800 of 0.33 with it vs 0.47
+    with plain ε-MSE (t = 950: 0.66 vs 1.26). The paper recipe and the shipped toy checkpoint use ``none``.
+    """
+    if weighting == "none":
+        return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
+    if weighting != "truncated_snr":
+        raise ConfigError(f"loss_weighting={weighting!r} is not one of ('none', 'truncated_snr')")
+    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return (1 - alphas).div(alphas).clamp_min(1.0)
+
+
+def training_step(model, noise_scheduler, latents: dict, rand: dict, weighting: str = "none") -> torch.Tensor:
+    """ε-MSE loss of one batch (see the module docstring), optionally weighted per timestep (:func:`loss_weights`).
+    ``latents``: target/person/garment/prompt; ``rand``: noise/timesteps/keep from :func:`draw_randomness`."""
     target = latents["target"]
     noise = rand["noise"].to(target.device, target.dtype)
     t = rand["timesteps"].to(target.device)
     keep = rand["keep"].to(target.device, target.dtype).view(-1, 1, 1, 1)
     noisy = noise_scheduler.add_noise(target, noise, t)
     eps = model(noisy, t, latents["person"], latents["garment"] * keep, latents["prompt"])
-    return F.mse_loss(eps.float(), noise.float())
+    if weighting == "none":
+        return F.mse_loss(eps.float(), noise.float())
+    per_sample = (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
+    return (per_sample * loss_weights(noise_scheduler, t, weighting)).mean()
 
 
 # --- checkpoints (safetensors, atomic, resumable) ---------------------------------------------------------------------------
@@ -444,7 +467,8 @@ def _load_or_pretrain_vae(cfg: Config, comps: dict, dataset, out: Path, main_pro
         t0 = time.time()
         log = LossLog(out / "logs_vae", "csv", True)
         pretrain_toy_vae(comps["vae"], dataset, cfg.vae_pretrain_steps, lr=cfg.vae_pretrain_lr,
-                         batch_size=cfg.vae_pretrain_batch_size, crop=tuple(cfg.vae_pretrain_crop), seed=cfg.seed,
+                         batch_size=cfg.vae_pretrain_batch_size, crop=cfg.vae_pretrain_crop, seed=cfg.seed,
+                         l1_weight=cfg.vae_pretrain_l1_weight,
                          log=lambda s, l: log(s, l, cfg.vae_pretrain_lr, 0) if s % 10 == 0 else None)
         comps["vae"].save_pretrained(out / "vae")
         print(f"toy VAE pre-trained in {time.time() - t0:.0f} s, scaling_factor "
@@ -563,7 +587,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path
                 rand = draw_randomness(cfg.seed, micro, micro_batch, latent_shape, cfg.outfitting_dropout,
                                        rank, world)
                 with accelerator.autocast():
-                    loss = training_step(model, noise_scheduler, latents, rand)
+                    loss = training_step(model, noise_scheduler, latents, rand, cfg.loss_weighting)
                 finite = bool(torch.isfinite(accelerator.gather(loss.detach()[None])).all())
                 if finite:
                     accelerator.backward(loss)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from ootd_lib import training
 from ootd_lib.config import Config
-from ootd_lib.errors import TrainingError
+from ootd_lib.errors import ConfigError, TrainingError
 from ootd_lib.models import OOTDModel, build_toy_components, make_noise_scheduler
 from ootd_lib.toydata import generate_toy_dataset
 
@@ -64,6 +64,31 @@ def test_a_few_steps_decrease_the_loss_on_a_fixed_batch():
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_loss_weighting_none_is_plain_eps_mse_and_truncated_snr_weights_high_noise():
+    sched = make_noise_scheduler()
+    t = torch.arange(0, 1000, 37)
+    assert torch.equal(training.loss_weights(sched, t, "none"), torch.ones(len(t)))
+    w = training.loss_weights(sched, t, "truncated_snr")
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    assert torch.allclose(w, torch.maximum(1 / snr, torch.ones(())).float())
+    assert (w[t < 300] == 1).all() and w[-1] > 100 and (w.diff() >= 0).all()  # 1 at low noise, 1/SNR at high noise
+
+    class Echo(torch.nn.Module):  # predicts zero noise: the per-sample loss is the noise's mean square
+        def forward(self, noisy, t, person, garment, prompt):
+            return torch.zeros_like(noisy)
+
+    latents = fixed_batch(b=4)
+    rand = training.draw_randomness(2, 0, 4, (4, 16, 12), p=0.0)
+    plain = training.training_step(Echo(), sched, latents, rand)
+    assert torch.allclose(plain, rand["noise"].pow(2).mean())
+    weighted = training.training_step(Echo(), sched, latents, rand, "truncated_snr")
+    per_sample = rand["noise"].pow(2).flatten(1).mean(1)
+    expected = (per_sample * training.loss_weights(sched, rand["timesteps"], "truncated_snr")).mean()
+    assert torch.allclose(weighted, expected) and weighted > plain  # the sample t's are not all below SNR 1
+    with pytest.raises(ConfigError, match="loss_weighting"):
+        Config.for_profile("toy", loss_weighting="snr")
 
 
 def test_dropout_is_applied_at_the_configured_rate():
@@ -173,3 +198,41 @@ def test_two_process_data_parallel_matches_one_process(tiny_data, tmp_path):
     assert worst < 1e-4, worst  # float summation order differs (gloo all-reduce); Adam steps are ~1e-3
     init = build_toy_components(3)["unet_vton"].state_dict()
     assert float((init["conv_in.weight"] - a["unet_vton.conv_in.weight"]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("crop, l1_weight", [(None, 1.0), ((32, 24), 0.0)])
+def test_toy_vae_pretraining_reduces_reconstruction_error_and_sets_the_latent_scale(tiny_data, tmp_path, crop,
+                                                                                   l1_weight):
+    cfg = tiny_config(tiny_data, tmp_path, vae_pretrain_crop=crop)
+    assert Config.from_dict(cfg.to_dict()).vae_pretrain_crop == crop  # null (whole images) survives the YAML form
+    dataset = training.build_dataset(cfg, cache_dir=tmp_path / "masks", generate=False)
+    images = torch.stack([dataset.base[i]["person"] for i in range(4)])
+    torch.manual_seed(0)
+    vae = build_toy_components(0)["vae"]
+
+    def error():
+        with torch.no_grad():
+            return float((vae.decode(vae.encode(images).latent_dist.mode()).sample - images).abs().mean())
+
+    before = error()
+    losses = []
+    training.pretrain_toy_vae(vae, dataset, steps=25, lr=2e-3, batch_size=4, crop=crop, seed=0, l1_weight=l1_weight,
+                              progress=False, log=lambda step, loss: losses.append(loss))
+    assert len(losses) == 25 and all(isinstance(v, float) for v in losses)
+    assert error() < 0.7 * before
+    with torch.no_grad():
+        z = vae.encode(torch.stack([dataset.base[i][k] for i in range(len(dataset)) for k in ("person", "garment")]))
+    assert abs(float(z.latent_dist.mode().std()) * vae.config.scaling_factor - 1) < 0.05
+
+
+@pytest.mark.parametrize("base, ablation", [("toy.yaml", "toy_garment_dropped.yaml"),
+                                            ("experiments/toy_64x48.yaml",
+                                             "experiments/toy_64x48_garment_dropped.yaml")])
+def test_garment_dropped_ablations_differ_from_their_recipe_only_in_the_garment(base, ablation):
+    """The ablation baselines must be "trained identically but with the garment always dropped" (issue #6)."""
+    a, b = (Config.from_yaml(REPO / "configs" / name).to_dict() for name in (base, ablation))
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ <= {"output_dir", "vae_path", "outfitting_dropout", "sample_every", "vae_pretrain_steps",
+                      "vae_pretrain_lr", "vae_pretrain_batch_size", "vae_pretrain_crop", "vae_pretrain_l1_weight"}
+    assert b["outfitting_dropout"] == 1.0 and a["outfitting_dropout"] < 1.0
+    assert b["vae_path"] == str(Path(a["output_dir"]) / "vae")  # the same toy VAE, so only the garment input differs
