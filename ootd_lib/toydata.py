@@ -61,6 +61,9 @@ CATEGORIES = ("upper_body", "lower_body", "dresses")
 BASE_H, BASE_W = 256, 192  # the drawing frame; other sizes scale it
 TEST_OFFSET = 90000  # test ids start here so names never collide with train ids
 UNPAIRED_DIRS = {"vitonhd": "tryon-unpaired", "dresscode": "tryon_unpaired"}
+# Bump whenever the drawing changes: toy_dataset() then regenerates folders written by an older generator (stale
+# cached data would silently change every number computed from it).
+GENERATOR_VERSION = 1
 
 # --- part map ids (internal) and their canonical labels (ATR 0-17 + 18 neck) -------------------------------------
 (BG, HAIR, FACE, NECK, R_ARM, L_ARM, R_LEG, L_LEG, R_SHOE, L_SHOE,
@@ -614,6 +617,37 @@ def generate_toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test
                     bar.update(done)
     _write_pairs(root, layout, pairs)
     info = dict(layout=layout, n_train=n_train, n_test=n_test, seed=seed, size=list(size), categories=list(categories),
-                unpaired_ground_truth=UNPAIRED_DIRS[layout], generator="ootd_lib.toydata")
+                unpaired_ground_truth=UNPAIRED_DIRS[layout], generator="ootd_lib.toydata",
+                generator_version=GENERATOR_VERSION)
     (root / "toy_info.json").write_text(json.dumps(info, indent=2))
     return root
+
+
+def toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test: int = 16, seed: int = 0,
+                size=(256, 192), progress: bool = True) -> Path:
+    """:func:`generate_toy_dataset`, cached: reuse ``out`` when its ``toy_info.json`` says it holds exactly this
+    wardrobe (same arguments, same generator version), otherwise write it afresh.
+
+    A folder written by this generator with other arguments or an older version is deleted first (it is derived
+    data); a non-empty folder without ``toy_info.json`` (real data, or anything else) is never touched."""
+    import shutil
+
+    root = Path(out)
+    want = dict(layout=layout, n_train=int(n_train), n_test=int(n_test), seed=int(seed), size=[int(v) for v in size],
+                generator="ootd_lib.toydata", generator_version=GENERATOR_VERSION)
+    info_path = root / "toy_info.json"
+    if info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text())
+        except json.JSONDecodeError:
+            info = {}
+        if all(info.get(k) == v for k, v in want.items()):
+            return root
+        if info.get("generator") != "ootd_lib.toydata":
+            raise ConfigError(f"{info_path} was not written by ootd_lib.toydata; refusing to overwrite {root} "
+                              "(choose another folder for the toy data)")
+        shutil.rmtree(root)
+    elif root.is_dir() and any(root.iterdir()):
+        return root
+    return generate_toy_dataset(root, layout=layout, n_train=n_train, n_test=n_test, seed=seed, size=size,
+                                progress=progress)

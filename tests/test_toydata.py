@@ -193,3 +193,32 @@ def test_committed_sample_is_current(tmp_path):
         files = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
         assert files == sorted(p.relative_to(sample / name) for p in (sample / name).rglob("*") if p.is_file())
         assert all((fresh / f).read_bytes() == (sample / name / f).read_bytes() for f in files), name
+
+
+def test_toy_dataset_reuses_a_matching_folder_and_regenerates_a_stale_one(tmp_path):
+    from ootd_lib.errors import ConfigError
+    from ootd_lib.toydata import GENERATOR_VERSION, toy_dataset
+
+    kw = dict(n_train=1, n_test=0, seed=0, size=(64, 48), progress=False)
+    root = toy_dataset(tmp_path / "t", **kw)
+    marker = root / "marker.txt"
+    marker.write_text("cached")
+    assert toy_dataset(root, **kw) == root and marker.is_file()  # same wardrobe: reused as is
+
+    toy_dataset(root, **{**kw, "n_train": 2})  # other arguments: written afresh
+    info = json.loads((root / "toy_info.json").read_text())
+    assert not marker.is_file() and info["n_train"] == 2 and info["generator_version"] == GENERATOR_VERSION
+
+    marker.write_text("cached")
+    (root / "toy_info.json").write_text(json.dumps({**info, "generator_version": GENERATOR_VERSION - 1}))
+    toy_dataset(root, **{**kw, "n_train": 2})  # written by an older generator: stale, regenerated
+    assert not marker.is_file() and json.loads((root / "toy_info.json").read_text()) == info
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "train_pairs.txt").write_text("a.jpg a.jpg\n")
+    assert toy_dataset(real, **kw) == real and sorted(p.name for p in real.iterdir()) == ["train_pairs.txt"]
+    (real / "toy_info.json").write_text(json.dumps({"generator": "someone else"}))
+    with pytest.raises(ConfigError, match="refusing to overwrite"):
+        toy_dataset(real, **kw)
+    assert (real / "train_pairs.txt").is_file()
