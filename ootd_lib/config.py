@@ -57,7 +57,7 @@ class Config:
     train_batch_size: int = 64  # global batch = train_batch_size (per process × processes × accumulation)
     gradient_accumulation_steps: int = 1
     outfitting_dropout: float = 0.1
-    loss_weighting: str = "none"  # none (paper: plain ε-MSE) | truncated_snr (ε-MSE × max(1, 1/SNR), toy recipe)
+    loss_weighting: str = "none"  # none (paper: plain ε-MSE) | truncated_snr (see training.loss_weights)
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False

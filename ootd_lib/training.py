@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import Config
+from .config import LOSS_WEIGHTINGS, Config
 from .errors import ConfigError, DataError, TrainingError
 
 __all__ = ["train", "train_from_cli", "training_step", "draw_randomness", "MaskedTryOnDataset", "build_dataset",
@@ -241,7 +241,7 @@ def loss_weights(noise_scheduler, timesteps: torch.Tensor, weighting: str = "non
     if weighting == "none":
         return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
     if weighting != "truncated_snr":
-        raise ConfigError(f"loss_weighting={weighting!r} is not one of ('none', 'truncated_snr')")
+        raise ConfigError(f"loss_weighting={weighting!r} is not one of {LOSS_WEIGHTINGS}")
     alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
     return (1 - alphas).div(alphas).clamp_min(1.0)
 
