@@ -83,17 +83,24 @@ def is_missing(point) -> bool:
 
 
 def draw_arm(shape, shoulder, elbow, wrist, width: int) -> np.ndarray:
-    """A thick polyline shoulder → elbow → extended wrist with rounded joints, plus a disc at the shoulder."""
+    """The drawn arm: a polyline shoulder → elbow → extended wrist, plus a disc at the shoulder.
+
+    Drawn with PIL's ``ImageDraw.line(..., joint="curve")`` as released: the elbow joint is rounded, both ends are
+    flat (butt). A round cap at the wrist would reach W/2 further and, after the 4-iteration dilation, repaint the hand
+    the rules protect.
+    """
+    from PIL import ImageDraw
+
     shoulder, elbow, wrist = (np.asarray(p, dtype=np.float64) for p in (shoulder, elbow, wrist))
     wrist = elbow + WRIST_EXTENSION * (wrist - elbow)
     pts = [tuple(int(v) for v in p) for p in (shoulder, elbow, wrist)]  # integer pixels, truncated as released
-    canvas = np.zeros(shape, np.uint8)
-    if width <= 0:
-        return canvas.astype(bool)
-    cv2.line(canvas, pts[0], pts[1], 255, width)  # cv2 thick lines have round caps: the elbow joint is rounded
-    cv2.line(canvas, pts[1], pts[2], 255, width)
-    cv2.circle(canvas, pts[0], width // 2, 255, -1)
-    return canvas.astype(bool)
+    canvas = Image.new("L", (shape[1], shape[0]), 0)
+    if width > 0:
+        draw = ImageDraw.Draw(canvas)
+        draw.line(pts, fill=255, width=width, joint="curve")
+        r = width // 2
+        draw.ellipse((pts[0][0] - r, pts[0][1] - r, pts[0][0] + r, pts[0][1] + r), fill=255)
+    return np.asarray(canvas) > 0
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -46,7 +46,11 @@ def test_upper_body_repaints_torso_arms_neck_and_keeps_the_rest():
     m = agnostic_mask(P, kp, "upper_body", "hd")
     assert m.dtype == bool and m.shape == (H, W)
     assert m[P == 4].all() and m[P == 18].all()
-    assert m[(P == 14) | (P == 15)].mean() > 0.95
+    arms, rows = (P == 14) | (P == 15), np.arange(H)[:, None]
+    # the drawn arm ends flat at wrist' = elbow + 1.2 (wrist - elbow), y = 304: above it the arm is repainted, the hand
+    # below it is protected (a round cap would reach W/2 = 30 px further and repaint it)
+    assert m[arms & (rows <= 300)].all()
+    assert not m[arms & (rows >= 306)].any()
     for label in (11, 6, 9, 10, 12, 13):  # face, pants, shoes, legs untouched
         assert not m[P == label].any(), label
 
@@ -91,10 +95,29 @@ def test_arm_is_drawn_with_the_model_type_width_and_extended_past_the_wrist():
     kp[2], kp[3], kp[4] = (100, 100), (100, 200), (100, 300)
     for model_type, width in (("hd", 60), ("dc", 45)):
         arms = mask_layers(P, kp, "upper_body", model_type)["arms_drawn"]
-        assert abs(arms[250].sum() - width) <= 2, model_type  # across the forearm (cv2 rasterises ±1 px)
+        assert abs(arms[250].sum() - width) <= 2, model_type  # across the forearm (rasterised ±1 px)
         bottom = np.nonzero(arms[:, 100])[0].max()
-        assert abs(bottom - (320 + width // 2)) <= 2, model_type      # wrist' = elbow + 1.2 (wrist - elbow) = 320
+        # wrist' = elbow + 1.2 (wrist - elbow) = 320, and the end is flat (butt) as released, not a round cap at +W/2
+        assert abs(bottom - 320) <= 1, model_type
+        assert not arms[322:, 100 - width // 2:100 + width // 2].any(), model_type
+        top = np.nonzero(arms[:, 100])[0].min()
+        assert abs(top - (100 - width // 2)) <= 1, model_type  # the shoulder disc of radius W/2 rounds the top
     assert mask_layers(P, kp, "upper_body", "hd")["arms_drawn"][:, 250:].sum() == 0  # the missing left arm: nothing
+
+
+def test_elbow_joint_is_rounded_and_the_wrist_end_is_flat():
+    P = np.zeros((H, W), np.int64)
+    kp = np.full((18, 2), NAN)
+    kp[2], kp[3], kp[4] = (100, 100), (100, 200), (200, 200)  # upper arm down, forearm to the right: a 90° elbow
+    arms = mask_layers(P, kp, "upper_body", "hd")["arms_drawn"]
+    yy, xx = np.mgrid[:H, :W]
+    r = 60 // 2
+    outer = (yy > 200) & (xx < 100)  # the outside corner of the elbow: only a round joint reaches it
+    disc = (yy - 200) ** 2 + (xx - 100) ** 2 <= (r - 2) ** 2
+    assert arms[outer & disc].all()
+    assert not arms[outer & ((yy - 200) ** 2 + (xx - 100) ** 2 > (r + 2) ** 2)].any()  # round, not a square corner
+    # wrist' = 100 + 1.2 * 100 = 220 along x; the forearm ends flat there
+    assert arms[200, 215] and not arms[185:216, 223:].any()
 
 
 def test_hand_outside_the_drawn_arm_stays():
@@ -102,7 +125,7 @@ def test_hand_outside_the_drawn_arm_stays():
     P[330:420, 95:120] = 15  # the parsed right arm goes on to a hand far below the (extended) wrist
     layers = mask_layers(P, kp, "upper_body", "hd")
     hand = np.zeros_like(P, bool)
-    hand[370:420, 95:120] = True  # the drawn arm ends at 320 + 30 px, its dilation 8 px later
+    hand[340:420, 95:120] = True  # the drawn arm ends flat at 320, its dilation 8 px later
     assert layers["hands"][hand].all()
     assert layers["fixed"][hand].all()
     assert not layers["final"][hand].any()
