@@ -51,6 +51,14 @@ def _run_train(args):
     train_from_cli(config=args.config, output_dir=args.output_dir, max_steps=args.max_steps, resume=args.resume)
 
 
+def _run_train_vae(args):
+    from .config import Config
+    from .training import train_toy_vae
+
+    overrides = dict(output_dir=str(args.output_dir) if args.output_dir else None, vae_pretrain_steps=args.max_steps)
+    train_toy_vae(Config.from_yaml(args.config, **overrides), resume=args.resume)
+
+
 def _run_evaluate(args):
     from .evaluation import evaluate_from_cli
 
@@ -121,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-steps", type=int, default=None)
     s.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
     s.set_defaults(func=_run_train)
+
+    s = sub.add_parser("train-vae", help="toy recipe, stage 1: pre-train the toy VAE (writes <output_dir>/vae)")
+    s.add_argument("--config", type=Path, required=True)
+    s.add_argument("--output-dir", type=Path, default=None)
+    s.add_argument("--max-steps", type=int, default=None, help="overrides vae_pretrain_steps")
+    s.add_argument("--resume", default=None, help="'latest' or a vae_checkpoints/step-N folder")
+    s.set_defaults(func=_run_train_vae)
 
     s = sub.add_parser("evaluate", help="SSIM / PSNR / LPIPS / FID / KID (+ toy masked-region error)")
     s.add_argument("--model", default=None, help="pipeline folder (default: the shipped toy checkpoint)")

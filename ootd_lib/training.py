@@ -41,7 +41,7 @@ from .config import LOSS_WEIGHTINGS, Config
 from .errors import ConfigError, DataError, TrainingError
 
 __all__ = ["train", "train_from_cli", "training_step", "draw_randomness", "MaskedTryOnDataset", "build_dataset",
-           "pretrain_toy_vae", "set_latent_scaling", "encode_batch", "cache_latents", "save_checkpoint",
+           "pretrain_toy_vae", "train_toy_vae", "set_latent_scaling", "encode_batch", "cache_latents", "save_checkpoint",
            "load_checkpoint", "latest_checkpoint", "main"]
 
 
@@ -162,30 +162,39 @@ def cache_latents(dataset, comps: dict, model_type: str, device, batch_size: int
 
 
 # --- the toy VAE (stand-in for SD's pretrained VAE) ---------------------------------------------------------------------
-def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int = 8, crop=(64, 48), seed: int = 0,
-                     kl_weight: float = 1e-6, l1_weight: float = 0.0, progress: bool = True, log=None):
+def _vae_pool(dataset) -> torch.Tensor:
+    """Every person and garment image of ``dataset``: what the toy VAE learns to reconstruct."""
+    return torch.stack([dataset.base[i][k] for i in range(len(dataset)) for k in ("person", "garment")])
+
+
+def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int = 8, crop=None, seed: int = 0,
+                     kl_weight: float = 1e-6, l1_weight: float = 1.0, progress: bool = True, log=None,
+                     start: int = 0, optimizer=None, checkpoint=None, checkpoint_every: int = 0):
     """Teach the random toy VAE to reconstruct toy images (persons and garments).
 
     Real OOTDiffusion starts from Stable Diffusion's pretrained VAE; the toy world has none, and a random VAE cannot
-    reconstruct anything, so the toy recipe first trains one: MSE reconstruction of random crops (the VAE is
-    convolutional, crops make each CPU step cheap; ``crop=None`` trains on whole images, so GroupNorm sees the statistics
-    it will see at inference) of the posterior mode, plus a tiny KL term that keeps the latents centred, plus
-    ``l1_weight`` × L1 (L1 pins flat colours; MSE alone settles for small colour casts).
+    reconstruct anything, so the toy recipe first trains one: reconstruction of the posterior mode (MSE + ``l1_weight``
+    × L1: L1 pins flat colours, MSE alone settles for colour casts), plus a tiny KL term that keeps the latents centred.
+    ``crop=None`` trains on whole images, so GroupNorm sees the statistics it will see at inference (crops are cheaper
+    but a uniform crop loses its colour to the normalisation).
+
+    The batch of step ``s`` is a function of ``(seed, s)``, so ``start`` + ``optimizer`` (from a checkpoint) resume
+    exactly; ``checkpoint(step, vae, optimizer)`` is called every ``checkpoint_every`` steps.
     """
     from tqdm.auto import tqdm
 
-    g = torch.Generator().manual_seed(seed)
-    images = [dataset.base[i] for i in range(len(dataset))]
-    pool = torch.stack([im[k] for im in images for k in ("person", "garment")])
+    pool = _vae_pool(dataset)
     vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    opt = optimizer or torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     h, w = pool.shape[-2:]
     ch, cw = crop if crop else (h, w)
-    for step in tqdm(range(steps), desc="toy VAE", disable=not progress):
+    for step in tqdm(range(start, steps), desc="toy VAE", disable=not progress, initial=start, total=steps):
+        for group in opt.param_groups:  # cosine decay as a pure function of the step (nothing extra to checkpoint)
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(len(pool), (batch_size,), generator=g)
-        y = int(torch.randint(h - ch + 1, (1,), generator=g)) // 4 * 4
-        x = int(torch.randint(w - cw + 1, (1,), generator=g)) // 4 * 4
+        y = int(torch.randint(h - ch + 1, (1,), generator=g)) // 8 * 8
+        x = int(torch.randint(w - cw + 1, (1,), generator=g)) // 8 * 8
         batch = pool[idx, :, y:y + ch, x:x + cw]
         post = vae.encode(batch).latent_dist
         # the mode, not a sample: the posterior starts with unit variance, which would drown the signal for hundreds
@@ -197,11 +206,12 @@ def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
         if log is not None:
             log(step, float(loss.detach()))
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            checkpoint(step + 1, vae, opt)
     vae.eval()
-    set_latent_scaling(vae, pool[: min(len(pool), 64)])
+    set_latent_scaling(vae, pool[: min(len(pool), 256)])
     return vae
 
 
@@ -448,7 +458,66 @@ def build_components(cfg: Config) -> dict:
     return load_official_components(cfg.pretrained, cfg.model_type, clip_model=cfg.clip_model)
 
 
-def _load_or_pretrain_vae(cfg: Config, comps: dict, dataset, out: Path, main_process: bool, accelerator) -> None:
+def train_toy_vae(cfg: Config, resume: str | None = None, progress: bool = True) -> Path:
+    """The toy recipe's first stage (``ootd train-vae``): pre-train the toy VAE on the configured training images and
+    write it to ``<output_dir>/vae``. Checkpoints (every ``checkpointing_steps``) go to ``<output_dir>/vae_checkpoints``;
+    ``resume="latest"`` continues the same run exactly."""
+    from safetensors.torch import load_file, save_file
+
+    from .models import build_toy_components
+
+    if cfg.profile != "toy":
+        raise ConfigError(f"train-vae is the toy recipe's stage; profile {cfg.profile!r} starts from SD's pretrained VAE")
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = build_dataset(cfg, cache_dir=None)
+    vae = build_toy_components(cfg.seed)["vae"]
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_pretrain_lr, weight_decay=0.0)
+    ckpts = out / "vae_checkpoints"
+    start = 0
+    if resume:
+        done = sorted(ckpts.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        folder = (done[-1] if done else None) if resume == "latest" else Path(resume)
+        if folder is not None:
+            vae.load_state_dict(load_file(folder / "vae.safetensors"))
+            meta = json.loads((folder / "state.json").read_text())
+            opt.load_state_dict(_unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta["optimizer"]))
+            start = meta["step"]
+            print(f"resumed the toy VAE from {folder} at step {start}")
+
+    def checkpoint(step, vae, opt):
+        tmp, final = ckpts / f".tmp-step-{step}", ckpts / f"step-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp / "vae.safetensors")
+        tensors, meta = _flatten_optimizer(opt.state_dict())
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps(dict(step=step, optimizer=meta)))
+        os.replace(tmp, final)
+        for old in sorted(ckpts.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    log = LossLog(out / "logs_vae", "csv", True)
+    log.truncate(start)
+    t0 = time.time()
+    pretrain_toy_vae(vae, dataset, cfg.vae_pretrain_steps, lr=cfg.vae_pretrain_lr,
+                     batch_size=cfg.vae_pretrain_batch_size, crop=cfg.vae_pretrain_crop, seed=cfg.seed,
+                     l1_weight=cfg.vae_pretrain_l1_weight, progress=progress, start=start, optimizer=opt,
+                     checkpoint=checkpoint, checkpoint_every=cfg.checkpointing_steps,
+                     log=lambda s, l: log(s + 1, l, cfg.vae_pretrain_lr, 0) if (s + 1) % 10 == 0 else None)
+    vae.save_pretrained(out / "vae")
+    steps = cfg.vae_pretrain_steps - start
+    (out / "vae_timing.json").write_text(json.dumps(dict(steps=steps, seconds=round(time.time() - t0, 1),
+                                                         seconds_per_step=round((time.time() - t0) / max(steps, 1), 3),
+                                                         threads=torch.get_num_threads())))
+    print(f"toy VAE trained ({steps} steps, {time.time() - t0:.0f} s), scaling_factor "
+          f"{vae.config.scaling_factor:.4f} → {out / 'vae'}")
+    return out / "vae"
+
+
+def _load_or_pretrain_vae(cfg: Config, comps: dict, out: Path, main_process: bool, accelerator) -> None:
     """Toy profile: use ``vae_path`` or ``<output_dir>/vae`` when present, else pre-train one and save it there."""
     from diffusers import AutoencoderKL
 
@@ -459,20 +528,12 @@ def _load_or_pretrain_vae(cfg: Config, comps: dict, dataset, out: Path, main_pro
         comps["vae"] = AutoencoderKL.from_pretrained(src).eval()
         return
     if cfg.vae_path:
-        raise ConfigError(f"vae_path={cfg.vae_path} holds no VAE (config.json missing); point it at the vae/ folder "
-                          "of a previous toy run or remove it to pre-train one")
+        raise ConfigError(f"vae_path={cfg.vae_path} holds no VAE (config.json missing); train one with "
+                          "`ootd train-vae --config ...` or remove vae_path to pre-train one here")
     if cfg.vae_pretrain_steps <= 0:
         return
     if main_process:
-        t0 = time.time()
-        log = LossLog(out / "logs_vae", "csv", True)
-        pretrain_toy_vae(comps["vae"], dataset, cfg.vae_pretrain_steps, lr=cfg.vae_pretrain_lr,
-                         batch_size=cfg.vae_pretrain_batch_size, crop=cfg.vae_pretrain_crop, seed=cfg.seed,
-                         l1_weight=cfg.vae_pretrain_l1_weight,
-                         log=lambda s, l: log(s, l, cfg.vae_pretrain_lr, 0) if s % 10 == 0 else None)
-        comps["vae"].save_pretrained(out / "vae")
-        print(f"toy VAE pre-trained in {time.time() - t0:.0f} s, scaling_factor "
-              f"{comps['vae'].config.scaling_factor:.4f} → {out / 'vae'}")
+        train_toy_vae(cfg, progress=False)
     accelerator.wait_for_everyone()
     comps["vae"] = AutoencoderKL.from_pretrained(out / "vae").eval()
 
@@ -514,7 +575,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path
     # data and frozen parts
     dataset = build_dataset(cfg, cache_dir=cfg.mask_cache or out / "mask_cache", generate=main)
     comps = build_components(cfg)
-    _load_or_pretrain_vae(cfg, comps, dataset, out, main, accelerator)
+    _load_or_pretrain_vae(cfg, comps, out, main, accelerator)
     device = accelerator.device
     for name in ("vae", "text_encoder", "image_encoder"):
         comps[name].requires_grad_(False).to(device)

@@ -17,7 +17,7 @@ H, W, D = 16, 12, 64  # latent size, prompt width
 
 def tiny_unets(seed=0):
     torch.manual_seed(seed)
-    garm, vton = UNet2DConditionModel(**toy_unet_config(4)), UNet2DConditionModel(**toy_unet_config(8))
+    garm, vton = UNet2DConditionModel(**toy_unet_config(4)), UNet2DConditionModel(**toy_unet_config(4, vton=True))
     # default init leaves some output projections tiny; perturb so every path carries signal
     with torch.no_grad():
         for p in list(garm.parameters()) + list(vton.parameters()):
@@ -182,4 +182,4 @@ def test_mismatched_unets_are_refused():
     cfg["down_block_types"] = ("CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D")
     cfg["up_block_types"] = ("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D")
     with pytest.raises(InputError, match="structure"):
-        OutfittingFusion(UNet2DConditionModel(**cfg), UNet2DConditionModel(**toy_unet_config(8)))
+        OutfittingFusion(UNet2DConditionModel(**cfg), UNet2DConditionModel(**toy_unet_config(4, vton=True)))

@@ -10,9 +10,9 @@ from diffusers import UNet2DConditionModel, UniPCMultistepScheduler
 from minimodels import RELEASED_UNET_CLASSES, write_mini_clip, write_mini_official, write_mini_sd15
 from ootd_lib.conditioning import encode_latents
 from ootd_lib.errors import InputError, WeightsError
-from ootd_lib.models import (COMPONENT_NAMES, OOTDModel, build_sd15_components, build_toy_components,
-                             load_official_components, make_noise_scheduler, make_scheduler, toy_unet_config,
-                             widen_conv_in)
+from ootd_lib.models import (COMPONENT_NAMES, TOY_LATENT_CHANNELS, OOTDModel, build_sd15_components,
+                             build_toy_components, load_official_components, make_noise_scheduler, make_scheduler,
+                             toy_unet_config, widen_conv_in)
 
 
 def same_weights(a, b):
@@ -32,10 +32,12 @@ def test_toy_components_are_deterministic_small_and_shaped(toy):
     assert not same_weights(toy["unet_garm"], other["unet_garm"])
     params = sum(p.numel() for m in toy.values() if isinstance(m, torch.nn.Module) for p in m.parameters())
     assert params * 4 <= 20e6  # the shipped fp32 toy checkpoint stays under 20 MB
-    assert toy["unet_garm"].config.in_channels == 4 and toy["unet_vton"].config.in_channels == 8
+    c = TOY_LATENT_CHANNELS  # the toy VAE's latent channels; the garment UNet takes them, the vton UNet twice them
+    assert toy["unet_garm"].config.in_channels == c and toy["unet_vton"].config.in_channels == 2 * c
+    assert toy["unet_vton"].config.out_channels == c
     with torch.no_grad():
         lat = encode_latents(toy["vae"], torch.zeros(1, 3, 128, 96))
-    assert lat.shape == (1, 4, 32, 24)
+    assert lat.shape == (1, c, 16, 12)  # f = 8, as SD's VAE
 
 
 def test_builder_does_not_disturb_global_rng():
@@ -105,7 +107,8 @@ def test_official_loader_reads_the_released_layout(mini_official, variant):
     assert set(comps) == set(COMPONENT_NAMES)
     for name in ("unet_garm", "unet_vton", "vae", "text_encoder"):
         assert same_weights(comps[name], mini_official[variant][name]), name
-    assert type(comps["unet_garm"]) is UNet2DConditionModel and comps["unet_vton"].config.in_channels == 8
+    assert type(comps["unet_garm"]) is UNet2DConditionModel
+    assert comps["unet_vton"].config.in_channels == 2 * comps["unet_garm"].config.in_channels
     # the released scheduler config (solver_type midpoint → bh2), final sigma as diffusers 0.24
     assert comps["scheduler"].config.solver_type == "bh2" and comps["scheduler"].config.final_sigmas_type == "sigma_min"
     assert comps["tokenizer"]("", max_length=2, padding="max_length").input_ids == [comps["tokenizer"].bos_token_id,

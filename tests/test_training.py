@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from ootd_lib import training
 from ootd_lib.config import Config
 from ootd_lib.errors import ConfigError, TrainingError
-from ootd_lib.models import OOTDModel, build_toy_components, make_noise_scheduler
+from ootd_lib.models import TOY_LATENT_CHANNELS, OOTDModel, build_toy_components, make_noise_scheduler
 from ootd_lib.toydata import generate_toy_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,10 +43,10 @@ def unet_weights(folder: Path) -> dict:
             for k, v in load_file(unets / name / "diffusion_pytorch_model.safetensors").items()}
 
 
-def fixed_batch(b=4, seed=0):
+def fixed_batch(b=4, seed=0, c=TOY_LATENT_CHANNELS):
     g = torch.Generator().manual_seed(seed)
-    return dict(target=torch.randn(b, 4, 16, 12, generator=g), person=torch.randn(b, 4, 16, 12, generator=g),
-                garment=torch.randn(b, 4, 16, 12, generator=g), prompt=torch.randn(b, 2, 64, generator=g))
+    return dict(target=torch.randn(b, c, 16, 12, generator=g), person=torch.randn(b, c, 16, 12, generator=g),
+                garment=torch.randn(b, c, 16, 12, generator=g), prompt=torch.randn(b, 2, 64, generator=g))
 
 
 def test_a_few_steps_decrease_the_loss_on_a_fixed_batch():
@@ -55,7 +55,7 @@ def test_a_few_steps_decrease_the_loss_on_a_fixed_batch():
     model = OOTDModel(comps["unet_garm"], comps["unet_vton"]).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     latents, sched = fixed_batch(), make_noise_scheduler()
-    rand = training.draw_randomness(0, 0, 4, (4, 16, 12), p=0.0)
+    rand = training.draw_randomness(0, 0, 4, (TOY_LATENT_CHANNELS, 16, 12), p=0.0)
     losses = []
     for _ in range(8):
         loss = training.training_step(model, sched, latents, rand)
@@ -80,7 +80,7 @@ def test_loss_weighting_none_is_plain_eps_mse_and_truncated_snr_weights_high_noi
             return torch.zeros_like(noisy)
 
     latents = fixed_batch(b=4)
-    rand = training.draw_randomness(2, 0, 4, (4, 16, 12), p=0.0)
+    rand = training.draw_randomness(2, 0, 4, (TOY_LATENT_CHANNELS, 16, 12), p=0.0)
     plain = training.training_step(Echo(), sched, latents, rand)
     assert torch.allclose(plain, rand["noise"].pow(2).mean())
     weighted = training.training_step(Echo(), sched, latents, rand, "truncated_snr")
