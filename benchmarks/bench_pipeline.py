@@ -36,12 +36,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisio
 from ootd_lib.conditioning import decode_latents
 from ootd_lib.fusion import transformer_block_names
 from ootd_lib.guidance import cfg_combine
-from ootd_lib.models import TOY_TOKENIZER, build_toy_components, make_scheduler, toy_feature_extractor, toy_vae_config
+from ootd_lib.models import TOY_TOKENIZER, build_toy_components, make_scheduler, toy_feature_extractor
 from ootd_lib.pipeline import OOTDPipeline, repaint
 
 # name: (H, W), steps, repeats, warm-up calls, what the UNets look like
 CONFIGS = {
-    "toy": dict(size=(128, 96), steps=20, repeats=3, warmup=1, note="toy UNets (32/64/64), toy VAE (÷4)"),
+    "toy": dict(size=(128, 96), steps=20, repeats=3, warmup=1, note="toy UNets (32/64/64), toy VAE (÷8, 16 ch)"),
     "medium": dict(size=(256, 192), steps=6, repeats=2, warmup=0,
                    note="UNets 64/128/256/256 (SD block layout, 1 layer/block), light VAE 16/32/64 (÷4), "
                         "64×48 latents"),
@@ -77,7 +77,10 @@ def build_components(name: str, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     if name == "medium":
         widths, layers, dim = (64, 128, 256, 256), 1, 64
-        vae = AutoencoderKL(**dict(toy_vae_config(), block_out_channels=(16, 32, 64), norm_num_groups=16))
+        # a small SD-like VAE (factor 4, 4 latent channels): what it costs is the UNets, not the VAE
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                            block_out_channels=(16, 32, 64), down_block_types=("DownEncoderBlock2D",) * 3,
+                            up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=16, sample_size=128)
     else:  # sd15
         widths, layers, dim = (320, 640, 1280, 1280), 2, 768
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,

@@ -42,7 +42,7 @@ def _run_tryon(args):
     tryon_files(person=args.person, garment=args.garment, category=args.category, mask=args.mask,
                 model=args.model, official=args.official, variant=args.variant, steps=args.steps,
                 scale=args.scale, seed=args.seed, samples=args.samples, out=args.out, device=args.device,
-                weights=args.weights)
+                weights=args.weights, paste_back=args.paste_back)
 
 
 def _run_train(args):
@@ -63,7 +63,8 @@ def _run_evaluate(args):
     from .evaluation import evaluate_from_cli
 
     evaluate_from_cli(model=args.model, data=args.data, layout=args.layout, pairing=args.pairing, out=args.out,
-                      steps=args.steps, scale=args.scale, seed=args.seed, limit=args.limit, device=args.device)
+                      steps=args.steps, scale=args.scale, seed=args.seed, limit=args.limit, device=args.device,
+                      variant=args.variant, untrained=args.untrained)
 
 
 def _run_demo(args):
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--samples", type=int, default=1)
     s.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
+    s.add_argument("--paste-back", action="store_true",
+                   help="blend the result into the original photo outside the mask (feathered); off = as released")
     s.add_argument("--out", type=Path, default=Path("result.png"))
     s.set_defaults(func=_run_tryon)
 
@@ -145,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--scale", type=float, default=2.0)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs")
+    s.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs (per category)")
+    s.add_argument("--variant", choices=["hd", "dc"], default=None, help="default: dc for --layout dresscode, else hd")
+    s.add_argument("--untrained", action="store_true",
+                   help="the same model with freshly initialised UNets (the untrained reference)")
     s.add_argument("--device", default=None)
     s.add_argument("--out", type=Path, default=Path("results.json"))
     s.set_defaults(func=_run_evaluate)

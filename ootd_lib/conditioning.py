@@ -41,8 +41,11 @@ def _vae_input(vae, images):
 
 
 def encode_latents(vae, images) -> torch.Tensor:
-    """(B,3,H,W) images in [-1,1] → unscaled latents ``latent_dist.mode()`` (garment, masked person)."""
-    return vae.encode(_vae_input(vae, images)).latent_dist.mode()
+    """(B,3,H,W) images in [-1,1] → unscaled latents (garment, masked person): ``latent_dist.mode()`` of SD's VAE
+    (a diagonal Gaussian per latent pixel; its mean, never a sample), or the toy ``AutoencoderTiny``'s deterministic
+    ``latents``."""
+    out = vae.encode(_vae_input(vae, images))
+    return out.latent_dist.mode() if hasattr(out, "latent_dist") else out.latents
 
 
 encode_garment = encode_latents  # names used in CONTRIBUTING.md

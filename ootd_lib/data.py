@@ -310,6 +310,9 @@ class _TryOnDataset(torch.utils.data.Dataset):
             item["target"] = item["person"]
         elif paths.get("target") is not None:
             item["target"] = image_to_tensor(load_rgb(paths["target"]), size)
+            truth_parse = Path(paths["target"]).with_suffix(".png")  # toy only: the truth's parse (canonical labels)
+            if truth_parse.is_file():
+                item["target_parse"] = torch.from_numpy(resize_nearest(load_label_map(truth_parse), size))
         return item
 
 

@@ -25,8 +25,12 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-__all__ = ["to_unit", "ssim", "psnr", "masked_region_error", "DistributionMetrics", "lpips_metric", "evaluate",
-           "evaluate_from_cli", "format_metrics"]
+__all__ = ["to_unit", "ssim", "psnr", "masked_region_error", "garment_colour_error", "vae_round_trip", "vae_metrics",
+           "identification_candidates", "identify_garments", "evaluate_toy", "DistributionMetrics", "lpips_metric",
+           "evaluate", "evaluate_from_cli", "format_metrics"]
+
+# Canonical labels of the garment itself (not the arms or legs a mask also repaints), per category.
+GARMENT_COLOUR_LABELS = {"upper_body": (4,), "lower_body": (5, 6), "dresses": (7,)}
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -65,6 +69,149 @@ def masked_region_error(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, po
     pa, pb, pm = (F.avg_pool2d(x.float(), pool) for x in (a, b, mask))
     err = (pa - pb).abs().mean(1, keepdim=True)
     return (err * pm).flatten(1).sum(1) / pm.flatten(1).sum(1).clamp_min(1e-8)
+
+
+def garment_colour_error(a: torch.Tensor, truth: torch.Tensor, truth_parse: torch.Tensor, categories) -> torch.Tensor:
+    """Per-image distance between the mean colours of ``a`` and of ``truth`` over the truth's garment pixels (mean
+    absolute difference of the RGB means, images in [0, 1]). Toy only: it needs the truth's parse map (B,H,W).
+
+    Colour is the first thing a try-on must transfer, and a mean over the garment ignores blur and pixel placement,
+    so unlike a masked pixel error it does not reward a model that paints the average garment."""
+    _check_pair(a, truth)
+    cats = [categories] * len(a) if isinstance(categories, str) else list(categories)
+    out = []
+    for x, y, parse, cat in zip(a.float(), truth.float(), truth_parse, cats):
+        pix = torch.isin(parse, torch.tensor(GARMENT_COLOUR_LABELS[cat]))
+        if not pix.any():
+            raise InputError(f"the truth's parse map has no {cat} garment pixels; is it the right category?")
+        out.append((x[:, pix].mean(1) - y[:, pix].mean(1)).abs().mean())
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def vae_round_trip(vae, images: torch.Tensor) -> torch.Tensor:
+    """decode(encode(images)) through the pipeline's latent convention (mode, scaled, decoded, clamped), [-1, 1]."""
+    from .conditioning import decode_latents, encode_repaint_target
+
+    return torch.cat([decode_latents(vae, encode_repaint_target(vae, images[i:i + 16])).float().cpu()
+                      for i in range(0, len(images), 16)])
+
+
+@torch.no_grad()
+def vae_metrics(vae, dataset, limit: int | None = None) -> dict:
+    """How faithfully ``vae`` reconstructs held-out toy images: the floor of every try-on result decoded by it.
+
+    ``dataset``: toy unpaired test items (person, garment, target, target_parse, mask, category). Returns
+    ``pixel_mae`` (mean |decode(encode(x)) − x| over the persons and garments, [0, 1]), ``colour_error``
+    (:func:`garment_colour_error` of the round-tripped truth) and ``masked_floor`` (:func:`masked_region_error` of the
+    round-tripped truth inside the agnostic mask: no result decoded by this VAE can score better)."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    stack = lambda k: torch.stack([it[k] for it in items])  # noqa: E731
+    images = torch.cat([stack("person"), stack("garment")])
+    mae = (to_unit(vae_round_trip(vae, images)) - to_unit(images)).abs().mean()
+    truth = stack("target")
+    rt, t01 = to_unit(vae_round_trip(vae, truth)), to_unit(truth)
+    cats = [it["category"] for it in items]
+    return dict(n=n, pixel_mae=float(mae), colour_error=float(garment_colour_error(rt, t01, stack("target_parse"),
+                                                                                     cats).mean()),
+                masked_floor=float(masked_region_error(rt, t01, stack("mask")).mean()))
+
+
+def identification_candidates(n_test: int, garment: int, person: int, category: str, k: int = 16,
+                              seed: int = 0) -> list[int]:
+    """The right test garment first, then ``k - 1`` other test garments drawn with a fixed seed per (category, person)."""
+    import numpy as np
+
+    from .toydata import CATEGORIES
+
+    if n_test < k:
+        raise InputError(f"garment identification with K={k} needs at least {k} test garments, the data has {n_test}")
+    rng = np.random.default_rng([seed, CATEGORIES.index(category), person])
+    others = rng.choice([j for j in range(n_test) if j != garment], size=k - 1, replace=False)
+    return [garment] + [int(j) for j in others]
+
+
+def identify_garments(results: torch.Tensor, items: list, info: dict, k: int = 16, seed: int = 0) -> torch.Tensor:
+    """For each result (B,3,H,W in [0, 1]) of a toy unpaired test item: is its masked-region error lowest against the
+    render of the person wearing the *right* garment, among K renders (right + K − 1 other test garments)? Toy only:
+    the generator renders the candidates (``info`` = the wardrobe's toy_info.json). Returns a (B,) bool tensor."""
+    from PIL import Image
+
+    from .data import image_to_tensor
+    from .toydata import candidate_renders, test_index
+
+    hits = []
+    for res, it in zip(results, items):
+        cat, person = test_index(info["layout"], Path(it["person_name"]).stem)
+        _, garment = test_index(info["layout"], Path(it["garment_name"]).stem)
+        cands = identification_candidates(info["n_test"], garment, person, cat, k, seed)
+        size = tuple(res.shape[-2:])
+        renders = torch.stack([to_unit(image_to_tensor(Image.fromarray(r), size))
+                               for r in candidate_renders(info, cat, person, cands)])
+        err = masked_region_error(res[None].expand_as(renders), renders, it["mask"][None].expand(len(renders), -1,
+                                                                                                   -1, -1))
+        hits.append(int(err.argmin()) == 0)
+    return torch.tensor(hits)
+
+
+class _AnotherGarment(torch.utils.data.Dataset):
+    """Item ``i`` with the garment of item ``i + 1``: the same model given another test garment (a baseline that
+    costs no training; a model that ignores the garment scores the same with it)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        other = self.dataset[(i + 1) % len(self.dataset)]
+        return dict(self.dataset[i], garment=other["garment"])
+
+
+@torch.no_grad()
+def evaluate_toy(pipe, dataset, info: dict, steps: int = 20, scale: float = 2.0, seed: int = 0, k: int = 16,
+                 limit: int | None = None, baseline: bool = True, progress: bool = False,
+                 keep_images: bool = False) -> dict:
+    """The toy try-on metrics on unpaired test items with exact ground truth (see the module docstring).
+
+    Returns ``n``, ``masked_error`` and the ``vae_floor`` beside it (``floor_ratio`` = their ratio),
+    ``colour_error``, ``identification`` (top-1 among ``k`` candidate renders) and ``chance`` (1/k), SSIM and PSNR;
+    with ``baseline`` also the same model given another test garment (``*_other``) and ``colour_ratio`` (other / own:
+    how much the garment it was given decides the colour). ``keep_images`` adds ``images`` (N,3,H,W in [0, 1]) and
+    ``per_image`` values. Sample ``i`` uses seed ``seed + i``."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    truth = to_unit(torch.stack([it["target"] for it in items]))
+    parse, mask = torch.stack([it["target_parse"] for it in items]), torch.stack([it["mask"] for it in items])
+    cats = [it["category"] for it in items]
+
+    def measure(data) -> dict:
+        res = evaluate(pipe, data, steps=steps, scale=scale, seed=seed, limit=n, lpips=False, progress=progress,
+                       keep_images=True, distribution=False)
+        out = res["images"]
+        return dict(images=out, ssim=res["metrics"]["ssim"], psnr=res["metrics"]["psnr"],
+                    masked_error=masked_region_error(out, truth, mask),
+                    colour_error=garment_colour_error(out, truth, parse, cats),
+                    identification=identify_garments(out, items, info, k, seed).float())
+
+    own = measure(dataset)
+    floor = masked_region_error(to_unit(vae_round_trip(pipe.vae, truth * 2 - 1)), truth, mask)
+    result = dict(n=n, steps=steps, scale=scale, seed=seed, k=k, chance=1 / k, ssim=own["ssim"], psnr=own["psnr"])
+    result.update({key: float(own[key].mean()) for key in ("masked_error", "colour_error", "identification")})
+    result["vae_floor"] = float(floor.mean())
+    result["floor_ratio"] = result["masked_error"] / result["vae_floor"]
+    per_image = dict(masked_error=own["masked_error"].tolist(), colour_error=own["colour_error"].tolist(),
+                     identified=own["identification"].bool().tolist(), vae_floor=floor.tolist())
+    if baseline:
+        other = measure(_AnotherGarment(dataset))
+        result.update({f"{key}_other": float(other[key].mean())
+                       for key in ("masked_error", "colour_error", "identification")})
+        result["colour_ratio"] = result["colour_error_other"] / max(result["colour_error"], 1e-8)
+    if keep_images:
+        result.update(images=own["images"], per_image=per_image)
+    return result
 
 
 class DistributionMetrics:
@@ -135,7 +282,7 @@ def lpips_metric(net_type: str = "alex"):
 @torch.no_grad()
 def evaluate(pipe, dataset, steps: int = 20, scale: float = 2.0, seed: int = 0, batch_size: int = 8,
              limit: int | None = None, feature_extractor=None, lpips: bool = True, progress: bool = True,
-             keep_images: bool = False) -> dict:
+             keep_images: bool = False, distribution: bool = True) -> dict:
     """Run ``pipe`` on ``dataset`` (items with person, garment, mask, category and optional target) and measure.
 
     Returns ``{"n", "metrics": {name: mean}, "skipped": {name: reason}, "per_image": {...}}`` (+ ``"images"``, the
@@ -147,9 +294,9 @@ def evaluate(pipe, dataset, steps: int = 20, scale: float = 2.0, seed: int = 0, 
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise InputError("evaluate: the dataset is empty (check --data, --layout and --pairing)")
-    dist = DistributionMetrics(feature_extractor)
+    dist = DistributionMetrics(feature_extractor) if distribution else None
     lp, lp_reason = lpips_metric() if lpips else (None, "disabled")
-    skipped = dict(dist.skipped)
+    skipped = dict(dist.skipped) if dist is not None else {}
     per = {"ssim": [], "psnr": [], "masked_error": []}
     lp_sum, images = 0.0, []
     for start in tqdm(range(0, n, batch_size), desc="evaluate", disable=not progress):
@@ -162,7 +309,8 @@ def evaluate(pipe, dataset, steps: int = 20, scale: float = 2.0, seed: int = 0, 
         out = out.float().cpu()
         if keep_images:
             images.append(out)
-        dist.update(out, to_unit(person))
+        if dist is not None:
+            dist.update(out, to_unit(person))
         if all("target" in it for it in items):
             truth = to_unit(torch.stack([it["target"] for it in items]))
             per["ssim"] += ssim(out, truth).tolist()
@@ -178,8 +326,9 @@ def evaluate(pipe, dataset, steps: int = 20, scale: float = 2.0, seed: int = 0, 
         metrics["lpips"] = lp_sum / n
     elif lpips:
         skipped["lpips"] = lp_reason
-    metrics.update(dist.compute())
-    skipped.update({k: v for k, v in dist.skipped.items() if k not in metrics})
+    if dist is not None:
+        metrics.update(dist.compute())
+        skipped.update({k: v for k, v in dist.skipped.items() if k not in metrics})
     result = dict(n=n, metrics=metrics, skipped=skipped, per_image={k: v for k, v in per.items() if v})
     if keep_images:
         result["images"] = torch.cat(images)
@@ -194,8 +343,12 @@ def format_metrics(result: dict) -> str:
 
 
 def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired", out="results.json", steps=20,
-                      scale=2.0, seed=0, limit=None, device=None) -> dict:
-    """``ootd evaluate``: the test split of a dataset through a pipeline folder (default: the shipped toy checkpoint)."""
+                      scale=2.0, seed=0, limit=None, device=None, variant=None, untrained=False) -> dict:
+    """``ootd evaluate``: the test split of a dataset through a pipeline folder (default: the shipped toy checkpoint).
+
+    On a toy wardrobe (its ``toy_info.json`` beside the data) with unpaired pairs, the toy try-on metrics of
+    :func:`evaluate_toy` are measured per category too. ``untrained``: the same VAE and encoders with freshly
+    initialised UNets (the reference a trained model is compared with)."""
     from .config import TOY_CHECKPOINT
     from .data import DressCodeDataset, VitonHDDataset
     from .errors import DataError
@@ -204,17 +357,41 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
 
     if data is None or not Path(data).is_dir():
         raise DataError(f"--data {data} is not a folder; pass a dataset root (make a toy one with `ootd toy-data`)")
-    pipe = OOTDPipeline.from_pretrained(model or TOY_CHECKPOINT)
+    variant = variant or ("dc" if layout == "dresscode" else "hd")
+    folder = Path(model or TOY_CHECKPOINT)
+    released = (folder / "checkpoints" / "ootd").is_dir() or (folder / "ootd").is_dir()
+    # a released-layout folder holds both variants; a save_pretrained folder holds one (its config names it)
+    pipe = OOTDPipeline.from_pretrained(folder, **({"variant": variant} if released else {}))
+    if untrained:
+        from .models import build_toy_components
+
+        fresh = build_toy_components(seed)
+        pipe.register_modules(unet_garm=fresh["unet_garm"], unet_vton=fresh["unet_vton"])
     pipe.to(pick_device(device))
     pipe.set_progress_bar_config(disable=True)
     size = (pipe.config.height, pipe.config.width)
-    base = (VitonHDDataset(data, "test", pairing, size=size) if layout == "vitonhd"
-            else DressCodeDataset(data, "test", pairing, size=size))
-    dataset = MaskedTryOnDataset(base, pipe.config.model_type)
-    result = evaluate(pipe, dataset, steps=steps, scale=scale, seed=seed, limit=limit)
-    print(format_metrics(result))
-    summary = dict(model=str(model or TOY_CHECKPOINT), data=str(data), layout=layout, pairing=pairing, steps=steps,
-                   scale=scale, seed=seed, n=result["n"], metrics=result["metrics"], skipped=result["skipped"])
+    info_path = Path(data) / "toy_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else None
+    categories = ["upper_body"] if layout == "vitonhd" else (info or {}).get("categories", ["upper_body", "lower_body",
+                                                                                            "dresses"])
+    summary = dict(model=str(model or TOY_CHECKPOINT), variant=variant, untrained=untrained, data=str(data),
+                   layout=layout, pairing=pairing, steps=steps, scale=scale, seed=seed)
+    if info is not None and pairing == "unpaired":
+        summary["toy"] = {}
+        for cat in categories:
+            base = (VitonHDDataset(data, "test", pairing, size=size) if layout == "vitonhd"
+                    else DressCodeDataset(data, "test", pairing, categories=(cat,), size=size))
+            res = evaluate_toy(pipe, MaskedTryOnDataset(base, pipe.config.model_type), info, steps=steps,
+                               scale=scale, seed=seed, limit=limit, k=min(16, info["n_test"]))
+            summary["toy"][cat] = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
+            print(f"{cat}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)))
+    else:
+        base = (VitonHDDataset(data, "test", pairing, size=size) if layout == "vitonhd"
+                else DressCodeDataset(data, "test", pairing, size=size))
+        result = evaluate(pipe, MaskedTryOnDataset(base, pipe.config.model_type), steps=steps, scale=scale, seed=seed,
+                          limit=limit)
+        print(format_metrics(result))
+        summary.update(n=result["n"], metrics=result["metrics"], skipped=result["skipped"])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(summary, indent=2))
     print(f"results written to {out}")

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UniPCMultistepScheduler
+from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel, UniPCMultistepScheduler
 from torch import nn
 from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
                           CLIPVisionModelWithProjection)
@@ -29,7 +29,8 @@ from .hub import CLIP_REPO, OFFICIAL_REPO, check_weight_file, resolve_files
 
 __all__ = ["OOTDModel", "build_toy_components", "build_sd15_components", "load_official_components", "widen_conv_in",
            "make_scheduler", "make_noise_scheduler", "toy_unet_config", "TOY_TOKENIZER", "COMPONENT_NAMES",
-           "OFFICIAL_CHECKPOINT", "load_profile_components", "save_components",
+           "OFFICIAL_CHECKPOINT", "load_profile_components", "save_components", "add_variant", "load_vae",
+           "vae_factor",
            "notebook_components"]
 
 COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet_garm", "unet_vton",
@@ -126,15 +127,37 @@ def toy_unet_config(latent_channels: int = TOY_LATENT_CHANNELS, vton: bool = Fal
 
 
 def toy_vae_config() -> dict:
-    """4-level VAE → downsampling factor 8, as SD's: a 128×96 image becomes 16×16×12 latents.
+    """The toy VAE: diffusers' ``AutoencoderTiny`` (TAESD's architecture), downsampling factor 8 as SD's VAE, so a
+    128×96 image becomes 16×16×12 latents.
 
-    Toy-sized by measurement (assets/README.md, "Toy VAE"): 16 latent channels (an 8×8×3 pixel block into 16 numbers
-    keeps the toy garments' colours and stripes), GroupNorm with 8 groups (3.4× faster than 32 on CPU at equal
-    quality) and no mid-block attention. ``scaling_factor`` is set from the trained latents' std."""
-    return dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
-                latent_channels=TOY_LATENT_CHANNELS, norm_num_groups=8, sample_size=128, scaling_factor=1.0,
-                mid_block_add_attention=False)
+    Chosen by measurement (assets/README.md, "Toy VAE"): a GroupNorm VAE (``AutoencoderKL``) this small learns colour
+    slowly on CPU (after 700 steps it still painted every garment brown), while TAESD's norm-free blocks keep colours
+    from the first few hundred steps and train on crops. 16 latent channels (SD: 4) carry an 8×8×3 pixel block with
+    its stripes; 48 channels per level keep one variant's checkpoint under 20 MB. ``scaling_factor`` is set from the
+    trained latents' std."""
+    return dict(in_channels=3, out_channels=3, encoder_block_out_channels=(48,) * 4,
+                decoder_block_out_channels=(48,) * 4, num_encoder_blocks=(1, 2, 2, 2), num_decoder_blocks=(2, 2, 2, 1),
+                latent_channels=TOY_LATENT_CHANNELS, scaling_factor=1.0)
+
+
+# The VAE classes a weights folder may name (never import a class by name from a file).
+VAE_CLASSES = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}
+
+
+def load_vae(folder, **kwargs):
+    """The VAE in ``folder``: SD's ``AutoencoderKL`` (released weights) or the toy ``AutoencoderTiny``, as its
+    ``config.json`` names it."""
+    config = Path(folder) / "config.json"
+    name = json.loads(config.read_text()).get("_class_name", "AutoencoderKL") if config.is_file() else "AutoencoderKL"
+    if name not in VAE_CLASSES:
+        raise WeightsError(f"{config} names the VAE class {name!r}; expected one of {sorted(VAE_CLASSES)}")
+    return VAE_CLASSES[name].from_pretrained(folder, **kwargs)
+
+
+def vae_factor(vae) -> int:
+    """The VAE's downsampling factor (8 for SD's VAE and the toy VAE)."""
+    channels = getattr(vae.config, "block_out_channels", None) or vae.config.encoder_block_out_channels
+    return 2 ** (len(channels) - 1)
 
 
 def toy_text_config(tokenizer) -> CLIPTextConfig:
@@ -159,7 +182,7 @@ def build_toy_components(seed: int = 0) -> dict:
     tokenizer = CLIPTokenizer.from_pretrained(TOY_TOKENIZER)
     with torch.random.fork_rng(devices=[]):  # don't disturb the caller's global RNG stream
         torch.manual_seed(seed)
-        vae = AutoencoderKL(**toy_vae_config())
+        vae = AutoencoderTiny(**toy_vae_config())
         text_encoder = CLIPTextModel(toy_text_config(tokenizer))
         image_encoder = CLIPVisionModelWithProjection(toy_vision_config())
         unet_garm = UNet2DConditionModel(**toy_unet_config())
@@ -332,7 +355,7 @@ def load_official_components(path_or_repo=OFFICIAL_REPO, variant="hd", clip_mode
     feature_extractor = CLIPImageProcessor.from_pretrained(sub("feature_extractor"))
     scheduler = UniPCMultistepScheduler.from_pretrained(sub("scheduler"), final_sigmas_type=final_sigmas_type)
     components = dict(
-        vae=AutoencoderKL.from_pretrained(sub("vae"), **variants[f"{pre}ootd/vae"], torch_dtype=torch_dtype),
+        vae=load_vae(sub("vae"), **variants[f"{pre}ootd/vae"], torch_dtype=torch_dtype),
         text_encoder=CLIPTextModel.from_pretrained(sub("text_encoder"), **variants[f"{pre}ootd/text_encoder"],
                                                    torch_dtype=torch_dtype),
         tokenizer=CLIPTokenizer.from_pretrained(sub("tokenizer")),
@@ -407,6 +430,32 @@ def save_components(components: dict, folder, variant: str = "hd") -> Path:
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def add_variant(folder, unet_garm, unet_vton, variant: str) -> Path:
+    """Add (or replace) one variant's UNets in a released-layout folder written by :func:`save_components`:
+    ``checkpoints/ootd/ootd_<variant>/checkpoint-36000/unet_{garm,vton}``. The release keeps both variants beside one
+    VAE and one set of encoders; so does the toy checkpoint. Written to a temporary folder and renamed into place."""
+    import os
+    import shutil
+    import tempfile
+
+    if variant not in ("hd", "dc"):
+        raise InputError(f"variant={variant!r} must be 'hd' or 'dc'")
+    ootd = Path(folder) / "checkpoints" / "ootd"
+    if not (ootd / "vae").is_dir():
+        raise WeightsError(f"{folder} is not a released-layout folder (checkpoints/ootd/vae missing); write one with "
+                           "save_components first")
+    tmp = Path(tempfile.mkdtemp(prefix=f".ootd_{variant}.", dir=ootd))
+    unet_garm.save_pretrained(tmp / OFFICIAL_CHECKPOINT / "unet_garm")
+    unet_vton.save_pretrained(tmp / OFFICIAL_CHECKPOINT / "unet_vton")
+    final = ootd / f"ootd_{variant}"
+    old = ootd / f".ootd_{variant}.old"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def notebook_components(profile: str = "toy", root=".", variant: str = "hd"):

@@ -50,17 +50,21 @@ from .guidance import cfg_combine, uses_cfg
 from .masking import masked_person
 
 __all__ = ["OOTDPipeline", "tryon", "tryon_files", "load_toy_pipeline", "default_resolution", "prepare_images",
-           "prepare_masks", "repaint", "pick_device", "compute_mask"]
+           "prepare_masks", "repaint", "feathered_paste", "pick_device", "compute_mask"]
 
 OFFICIAL_RESOLUTION = (1024, 768)  # (H, W) of both released models
-TOY_RESOLUTION = (128, 96)  # the toy profile (VAE factor 4)
+TOY_RESOLUTION = (128, 96)  # the toy profile
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------------
 def default_resolution(vae) -> tuple[int, int]:
-    """Profile resolution implied by the VAE: the toy VAE (factor 4) → 128×96, otherwise the released 1024×768."""
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    return TOY_RESOLUTION if factor == 4 else OFFICIAL_RESOLUTION
+    """Profile resolution implied by the VAE when nothing else says it: the toy VAE (``AutoencoderTiny``, or an
+    ``AutoencoderKL`` whose ``sample_size`` is at most 256) → 128×96; Stable Diffusion's VAE → the released 1024×768."""
+    size = getattr(vae.config, "sample_size", None)
+    if size is None:  # AutoencoderTiny records no size: it is the toy VAE
+        return TOY_RESOLUTION
+    height = int(size[0] if isinstance(size, (list, tuple)) else size)
+    return (height, height * 3 // 4) if height <= 256 else OFFICIAL_RESOLUTION
 
 
 def _as_list(x) -> list:
@@ -171,6 +175,19 @@ def repaint(latents, original, noise, mask, scheduler, next_timestep=None) -> to
     return (1 - mask) * original + mask * latents
 
 
+def feathered_paste(result, person, mask, feather: int) -> torch.Tensor:
+    """Blend ``result`` into ``person`` (both (B,3,H,W)) with ``mask`` (B,1,H,W) feathered over ``feather`` pixels
+    outside it: inside the mask the result, far outside it the original pixels, a soft ramp between. A user option
+    (try-on tools commonly offer it): the released pipeline returns the decoded image, whose unmasked region has
+    been through the VAE."""
+    m = mask.to(result.dtype)
+    if feather > 0:
+        k = 2 * feather + 1
+        grown = F.max_pool2d(m, k, stride=1, padding=feather)
+        m = torch.maximum(m, F.avg_pool2d(grown, k, stride=1, padding=feather, count_include_pad=False))
+    return m * result + (1 - m) * person.to(result.dtype)
+
+
 def _broadcast(items: list, n: int, what: str) -> list:
     if len(items) == n:
         return items
@@ -213,7 +230,9 @@ class OOTDPipeline(DiffusionPipeline):
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        from .models import vae_factor
+
+        return vae_factor(self.vae)
 
     # -- loading -------------------------------------------------------------------------------------------------------
     @classmethod
@@ -298,7 +317,7 @@ class OOTDPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, person, garment, mask, category="upper_body", num_inference_steps: int = 20,
                  image_guidance_scale: float = 2.0, num_images_per_prompt: int = 1, generator=None,
-                 output_type: str = "pil", return_dict: bool = True):
+                 output_type: str = "pil", return_dict: bool = True, paste_back: bool = False):
         """Try ``garment`` on ``person`` inside ``mask``.
 
         Args:
@@ -311,6 +330,8 @@ class OOTDPipeline(DiffusionPipeline):
             num_images_per_prompt: samples per pair; outputs are grouped by pair (pair 0's samples first).
             generator: ``torch.Generator`` or a list of them (one per output image), for reproducible noise.
             output_type: ``pil`` | ``np`` (B,H,W,3 in [0,1]) | ``pt`` (B,3,H,W in [0,1]) | ``latent``.
+            paste_back: blend the result into the original person with a feathered mask (:func:`feathered_paste`), so
+                pixels outside the mask are exactly the input's; off by default, as released.
         Returns:
             ``ImagePipelineOutput`` with ``.images`` (or a tuple ``(images,)`` when ``return_dict=False``).
         """
@@ -360,8 +381,17 @@ class OOTDPipeline(DiffusionPipeline):
                     bar.update()
             fusion.clear()
 
-        # 4. decode
-        images = x if output_type == "latent" else self._postprocess(decode_latents(self.vae, x), output_type)
+        # 4. decode (and optionally paste the result back into the original pixels)
+        if output_type == "latent":
+            images = x
+        else:
+            decoded = decode_latents(self.vae, x)
+            if paste_back:
+                n = num_images_per_prompt
+                decoded = feathered_paste(decoded, person.repeat_interleave(n, 0).to(decoded.device),
+                                          mask.repeat_interleave(n, 0).to(decoded.device),
+                                          feather=max(1, self.config.height // 64))
+            images = self._postprocess(decoded, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
@@ -376,13 +406,15 @@ class OOTDPipeline(DiffusionPipeline):
         return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
 
 
-def load_toy_pipeline(path=None, torch_dtype=None) -> OOTDPipeline:
-    """The shipped trained toy checkpoint (``assets/toy_checkpoint``, released folder layout): 128×96, hd prompt."""
+def load_toy_pipeline(path=None, torch_dtype=None, variant: str = "hd") -> OOTDPipeline:
+    """The shipped trained toy checkpoint (``assets/toy_checkpoint``, released folder layout, 128×96): ``hd``
+    (VITON-HD layout, upper_body) or ``dc`` (Dress Code layout, all three categories, label-text prompt). Both share
+    one VAE and one set of encoders, as the release does."""
     path = Path(path) if path is not None else TOY_CHECKPOINT
     if not (path.is_dir() and any(path.iterdir())):
         raise WeightsError(f"toy checkpoint {path} is missing; train it with `ootd train --config configs/toy.yaml` "
                            "(see assets/README.md) or pass the folder of another checkpoint")
-    return OOTDPipeline.from_official(path, variant="hd", torch_dtype=torch_dtype)
+    return OOTDPipeline.from_official(path, variant=variant, torch_dtype=torch_dtype)
 
 
 # --- convenience entry points -----------------------------------------------------------------------------------------
@@ -449,7 +481,8 @@ def pick_device(device: str | None = None) -> str:
 
 
 def tryon_files(person, garment, category="upper_body", mask=None, model=None, official=None, variant="hd",
-                steps=20, scale=2.0, seed=0, samples=1, out="result.png", device=None, weights=None) -> list[Path]:
+                steps=20, scale=2.0, seed=0, samples=1, out="result.png", device=None, weights=None,
+                paste_back=False) -> list[Path]:
     """``ootd tryon``: read the images, load the model (default: the shipped toy checkpoint), write the result(s).
 
     With ``samples > 1`` the files are ``out`` with ``_0``, ``_1``, ... before the suffix. Returns the written paths.
@@ -464,7 +497,7 @@ def tryon_files(person, garment, category="upper_body", mask=None, model=None, o
     elif model:
         pipe = OOTDPipeline.from_pretrained(model, torch_dtype=dtype)
     else:
-        pipe = load_toy_pipeline(torch_dtype=dtype)
+        pipe = load_toy_pipeline(torch_dtype=dtype, variant=variant)
     pipe.to(device)
     parser = pose = None
     if mask is None:
@@ -479,7 +512,8 @@ def tryon_files(person, garment, category="upper_body", mask=None, model=None, o
     generator = torch.Generator("cpu").manual_seed(int(seed))
     result = tryon(Path(person), Path(garment), category, pipe, parser=parser, pose=pose,
                    mask=Image.open(mask).convert("L") if mask else None, num_inference_steps=steps,
-                   image_guidance_scale=scale, num_images_per_prompt=samples, generator=generator)
+                   image_guidance_scale=scale, num_images_per_prompt=samples, generator=generator,
+                   paste_back=paste_back)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if samples == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(samples)]

@@ -157,6 +157,8 @@ class TryOnPlayground:
         self.scale = w.FloatSlider(value=scale, min=1.0, max=5.0, step=0.25, description="guidance")
         self.seed = w.IntText(value=seed, description="seed")
         self.num_images = w.IntSlider(value=1, min=1, max=4, description="images")
+        self.paste_back = w.Checkbox(value=False, description="paste back",
+                                     tooltip="blend the result into the original photo outside the mask")
         self.preview_mode = w.ToggleButtons(options=[("mask", "overlay"), ("masked person", "masked")],
                                             value="overlay", description="preview")
         for control in (self.category, self.model_type):
@@ -214,7 +216,8 @@ class TryOnPlayground:
                           w.HBox([self.person_upload, self.mask_upload]),
                           title("garment"), self._strip(w, self.gallery["garments"], self.garment_buttons),
                           w.HBox([self.garment_upload])])
-        settings = w.VBox([self.category, self.model_type, self.steps, self.scale, self.seed, self.num_images])
+        settings = w.VBox([self.category, self.model_type, self.steps, self.scale, self.seed, self.num_images,
+                           self.paste_back])
         previews = w.HBox([w.VBox([title("person"), self.person_view]), w.VBox([title("garment"), self.garment_view]),
                            w.VBox([w.HBox([title("mask preview")]), self.mask_view, self.preview_mode])])
         run = w.HBox([self.run_button, self.progress])
@@ -337,7 +340,7 @@ class TryOnPlayground:
             return None
         args = dict(person=self._person, garment=self._garment, mask=self._mask, category=self.category.value,
                     num_inference_steps=int(self.steps.value), image_guidance_scale=float(self.scale.value),
-                    num_images_per_prompt=int(self.num_images.value),
+                    num_images_per_prompt=int(self.num_images.value), paste_back=bool(self.paste_back.value),
                     generator=torch.Generator("cpu").manual_seed(int(self.seed.value)))
         self.run_button.disabled = True
         self.progress.value, self.progress.max = 0, args["num_inference_steps"]

@@ -25,6 +25,7 @@ VITON-HD (upper-body garments only, like the real data)::
     root/{train,test}/image-parse-v3/*.png     LIP labels, palette PNG (10 = neck, as in VITON-HD)
     root/{train,test}/openpose_json/*_keypoints.json   BODY_25 in the written image's pixels
     root/test/tryon-unpaired/<person>__<garment>.jpg   TOY ONLY: ground truth of each unpaired test pair
+    root/test/tryon-unpaired/<person>__<garment>.png   TOY ONLY: its parse map (canonical labels, grayscale)
 
 Dress Code (per category ``upper_body``, ``lower_body``, ``dresses``)::
 
@@ -33,7 +34,7 @@ Dress Code (per category ``upper_body``, ``lower_body``, ``dresses``)::
     root/<cat>/keypoints/XXXXXX_2.json   {"keypoints": [[x, y, score, id] x 18]} COCO-18 in 384x512 (W x H) pixels
     root/<cat>/{train_pairs.txt, test_pairs_paired.txt, test_pairs_unpaired.txt}   "XXXXXX_0.jpg YYYYYY_1.jpg"
     root/{train_pairs.txt, test_pairs_paired.txt, test_pairs_unpaired.txt}   same plus a category column 0/1/2
-    root/<cat>/tryon_unpaired/<person>__<garment>.jpg   TOY ONLY: ground truth of each unpaired test pair
+    root/<cat>/tryon_unpaired/<person>__<garment>.jpg   TOY ONLY: ground truth of each unpaired test pair (+ .png parse)
 
 ``n_train`` / ``n_test`` count persons (= paired pairs) per split, and for Dress Code per category.
 Names: VITON-HD train ``{i:05d}_00``, test ``{90000+i:05d}_00``; Dress Code ``{c}{i:05d}`` with c = 0/1/2 for the
@@ -63,7 +64,7 @@ TEST_OFFSET = 90000  # test ids start here so names never collide with train ids
 UNPAIRED_DIRS = {"vitonhd": "tryon-unpaired", "dresscode": "tryon_unpaired"}
 # Bump whenever the drawing changes: toy_dataset() then regenerates folders written by an older generator (stale
 # cached data would silently change every number computed from it).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the unpaired ground truth has its parse map beside it
 
 # --- part map ids (internal) and their canonical labels (ATR 0-17 + 18 neck) -------------------------------------
 (BG, HAIR, FACE, NECK, R_ARM, L_ARM, R_LEG, L_LEG, R_SHOE, L_SHOE,
@@ -526,9 +527,11 @@ def _write_task(task) -> int:
     else:  # the same person wearing test garment k: exact ground truth of the unpaired pair (i, k)
         _, gstem = _names(layout, category, split, k)
         other = _person(seed, split, category, k).outfit[_SLOT_OF[category]]
-        rgb, _, _ = render_person(wearing(person, other), size)
+        rgb, labels, _ = render_person(wearing(person, other), size)
         gt_dir = (root / "test" if layout == "vitonhd" else root / category) / UNPAIRED_DIRS[layout]
         _imwrite(gt_dir / f"{pstem}__{gstem}.jpg", rgb)
+        # canonical labels (ATR + 18 neck): evaluation reads the garment pixels of the truth from it
+        cv2.imwrite(str(gt_dir / f"{pstem}__{gstem}.png"), labels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     return 1
 
 
@@ -651,3 +654,23 @@ def toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test: int = 1
         return root
     return generate_toy_dataset(root, layout=layout, n_train=n_train, n_test=n_test, seed=seed, size=size,
                                 progress=progress)
+
+
+# --- evaluation support (toy only: the generator knows the truth) -------------------------------------------------------
+def test_index(layout: str, stem: str) -> tuple[str, int]:
+    """(category, test index) of a test person or garment file stem written by this generator."""
+    digits = stem.split("_")[0]
+    if layout == "vitonhd":
+        return "upper_body", int(digits) - TEST_OFFSET
+    return CATEGORIES[int(digits[0])], int(digits[1:]) - TEST_OFFSET
+
+
+def candidate_renders(info: dict, category: str, person: int, garments) -> np.ndarray:
+    """Test person ``person`` wearing each test garment in ``garments`` (indices into the test split of ``category``):
+    (K, H, W, 3) uint8 at the wardrobe's size. ``info`` is the wardrobe's ``toy_info.json``. What garment
+    identification compares a try-on result with (resize them as the dataset readers resize the truth)."""
+    seed, size = info["seed"], tuple(info["size"])
+    body = _person(seed, "test", category, person)
+    slot = _SLOT_OF[category]
+    return np.stack([render_person(wearing(body, _person(seed, "test", category, int(k)).outfit[slot]), size)[0]
+                     for k in garments])

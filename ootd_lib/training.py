@@ -82,9 +82,13 @@ class MaskedTryOnDataset(torch.utils.data.Dataset):
 
         item = self.base[i]
         mask = torch.from_numpy(self.mask(item)).float()[None]
-        return dict(person=item["person"], garment=item["garment"], mask=mask,
-                    masked=masked_person(item["person"], mask), category=item["category"],
-                    target=item.get("target", item["person"]))
+        out = dict(person=item["person"], garment=item["garment"], mask=mask,
+                   masked=masked_person(item["person"], mask), category=item["category"],
+                   target=item.get("target", item["person"]))
+        if "target_parse" in item:  # toy ground truth: evaluation reads the garment pixels from it
+            out.update(target_parse=item["target_parse"], person_name=item["person_name"],
+                       garment_name=item["garment_name"])
+        return out
 
 
 def build_dataset(cfg: Config, split: str = "train", pairing: str = "paired", cache_dir=None, generate: bool = True):
@@ -196,11 +200,14 @@ def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int
         y = int(torch.randint(h - ch + 1, (1,), generator=g)) // 8 * 8
         x = int(torch.randint(w - cw + 1, (1,), generator=g)) // 8 * 8
         batch = pool[idx, :, y:y + ch, x:x + cw]
-        post = vae.encode(batch).latent_dist
+        encoded = vae.encode(batch)
+        post = getattr(encoded, "latent_dist", None)  # AutoencoderKL: a Gaussian; AutoencoderTiny: latents
         # the mode, not a sample: the posterior starts with unit variance, which would drown the signal for hundreds
         # of steps; the pipeline only ever uses mode() latents anyway
-        recon = vae.decode(post.mode()).sample
-        loss = F.mse_loss(recon, batch) + kl_weight * post.kl().mean()
+        recon = vae.decode(post.mode() if post is not None else encoded.latents).sample
+        loss = F.mse_loss(recon, batch)
+        if post is not None:
+            loss = loss + kl_weight * post.kl().mean()
         if l1_weight:
             loss = loss + l1_weight * F.l1_loss(recon, batch)
         opt.zero_grad()
@@ -218,7 +225,9 @@ def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int
 @torch.no_grad()
 def set_latent_scaling(vae, images) -> float:
     """Set ``scaling_factor`` = 1 / std of the latents (as SD's 0.18215 was chosen), so x0 has unit variance."""
-    z = torch.cat([vae.encode(images[i:i + 16]).latent_dist.mode() for i in range(0, len(images), 16)])
+    from .conditioning import encode_latents
+
+    z = torch.cat([encode_latents(vae, images[i:i + 16]) for i in range(0, len(images), 16)])
     factor = float(1.0 / z.std())
     vae.register_to_config(scaling_factor=factor)
     return factor
@@ -519,13 +528,13 @@ def train_toy_vae(cfg: Config, resume: str | None = None, progress: bool = True)
 
 def _load_or_pretrain_vae(cfg: Config, comps: dict, out: Path, main_process: bool, accelerator) -> None:
     """Toy profile: use ``vae_path`` or ``<output_dir>/vae`` when present, else pre-train one and save it there."""
-    from diffusers import AutoencoderKL
+    from .models import load_vae
 
     if cfg.profile != "toy":
         return
     src = Path(cfg.vae_path) if cfg.vae_path else out / "vae"
     if (src / "config.json").is_file():
-        comps["vae"] = AutoencoderKL.from_pretrained(src).eval()
+        comps["vae"] = load_vae(src).eval()
         return
     if cfg.vae_path:
         raise ConfigError(f"vae_path={cfg.vae_path} holds no VAE (config.json missing); train one with "
@@ -535,7 +544,7 @@ def _load_or_pretrain_vae(cfg: Config, comps: dict, out: Path, main_process: boo
     if main_process:
         train_toy_vae(cfg, progress=False)
     accelerator.wait_for_everyone()
-    comps["vae"] = AutoencoderKL.from_pretrained(out / "vae").eval()
+    comps["vae"] = load_vae(out / "vae").eval()
 
 
 # --- the loop -------------------------------------------------------------------------------------------------------------
@@ -707,7 +716,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path
         raw_model.fusion.clear()
         save_components({k: (v.to("cpu") if hasattr(v, "to") and k != "tokenizer" else v) for k, v in export.items()},
                         final, variant=cfg.model_type)
-        _write_model_index(final / "checkpoints" / "ootd")
+        _write_model_index(final / "checkpoints" / "ootd", type(comps["vae"]).__name__)
         if log.path.exists():
             plot_loss(log.path, out / "logs" / "loss.png")
     accelerator.wait_for_everyone()
@@ -715,7 +724,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path
     return final
 
 
-def _write_model_index(folder: Path):
+def _write_model_index(folder: Path, vae_class: str = "AutoencoderKL"):
     """``model_index.json`` as in the released folder, but naming the stock classes each component loads with."""
     import diffusers
 
@@ -723,7 +732,7 @@ def _write_model_index(folder: Path):
              "feature_extractor": ["transformers", "CLIPImageProcessor"], "scheduler": ["diffusers", "UniPCMultistepScheduler"],
              "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
              "unet_garm": ["diffusers", "UNet2DConditionModel"], "unet_vton": ["diffusers", "UNet2DConditionModel"],
-             "vae": ["diffusers", "AutoencoderKL"]}
+             "vae": ["diffusers", vae_class]}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 

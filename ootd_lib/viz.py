@@ -88,3 +88,29 @@ def parse_legend(ax, parse=None, fontsize=7):
     ids = range(len(CANONICAL_LABELS)) if parse is None else np.unique(np.asarray(parse)).tolist()
     handles = [Patch(color=PARSE_COLOURS[i] / 255, label=f"{i} {CANONICAL_LABELS[i]}") for i in ids]
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=fontsize, frameon=False)
+
+
+def plot_loss_curves(curves: dict, path, ylabel: str = "loss", smooth: int = 20, title: str | None = None):
+    """Loss curves (raw, faint, and a moving average) of several runs in one PNG; ``curves``: {label: loss.csv}.
+
+    Drawn on a ``matplotlib.figure.Figure``: no pyplot state, no backend switch (safe inside notebooks)."""
+    import csv
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.4))
+    ax = fig.subplots()
+    for label, csv_path in curves.items():
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        steps = np.array([int(r["step"]) for r in rows])
+        losses = np.array([float(r["loss"]) for r in rows])
+        line, = ax.plot(steps, losses, alpha=0.25)
+        if len(losses) >= smooth:
+            ax.plot(steps[smooth - 1:], np.convolve(losses, np.ones(smooth) / smooth, "valid"), color=line.get_color(),
+                    label=f"{label} (mean of {smooth})")
+    ax.set(xlabel="step", ylabel=ylabel, yscale="log", title=title or "training loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

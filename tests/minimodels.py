@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel
 
-from ootd_lib.models import OFFICIAL_CHECKPOINT, build_toy_components, toy_text_config, toy_vision_config
+from ootd_lib.models import (OFFICIAL_CHECKPOINT, TOY_LATENT_CHANNELS, build_toy_components, toy_text_config,
+                             toy_vision_config)
 
 RELEASED_UNET_CLASSES = {"unet_garm": "UNetGarm2DConditionModel", "unet_vton": "UNetVton2DConditionModel"}
 
@@ -69,6 +70,18 @@ def write_mini_clip(folder, seed: int = 0) -> Path:
     return folder
 
 
+def mini_kl_vae(latent_channels: int = TOY_LATENT_CHANNELS, seed: int = 0):
+    """A miniature of Stable Diffusion's VAE class (``AutoencoderKL``, factor 8): the released folders hold one, the
+    toy checkpoint an ``AutoencoderTiny``; both must load."""
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 3)
+        return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, layers_per_block=1,
+                             block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                             up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=512).eval()
+
+
 def write_mini_official(root, variants=("hd", "dc"), seed: int = 0, with_clip: bool = True,
                         fp16_variant: bool = False) -> dict:
     """Write a miniature of the released ``levihsu/OOTDiffusion`` layout under ``root``.
@@ -78,7 +91,7 @@ def write_mini_official(root, variants=("hd", "dc"), seed: int = 0, with_clip: b
     """
     root = Path(root)
     ootd = root / "checkpoints" / "ootd"
-    base = build_toy_components(seed)
+    base = dict(build_toy_components(seed), vae=mini_kl_vae(seed=seed))
     _save_bin(base["vae"], ootd / "vae", "diffusion_pytorch_model.bin")
     _save_bin(base["text_encoder"], ootd / "text_encoder", "pytorch_model.bin")
     base["tokenizer"].save_pretrained(ootd / "tokenizer")
@@ -96,7 +109,7 @@ def write_mini_official(root, variants=("hd", "dc"), seed: int = 0, with_clip: b
         "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
     written = {"root": root}
     for i, variant in enumerate(variants):
-        comps = base if i == 0 else build_toy_components(seed + i)
+        comps = base if i == 0 else dict(build_toy_components(seed + i), vae=base["vae"])
         folder = ootd / f"ootd_{variant}" / OFFICIAL_CHECKPOINT
         for name, cls in RELEASED_UNET_CLASSES.items():
             _save_unet(comps[name], folder / name, cls, fp16_variant)
@@ -116,7 +129,7 @@ def write_mini_sd15(folder, seed: int = 0) -> dict:
     from ootd_lib.models import toy_unet_config
 
     folder = Path(folder)
-    comps = build_toy_components(seed)
+    comps = dict(build_toy_components(seed), vae=mini_kl_vae(4, seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 7)
         unet = UNet2DConditionModel(**toy_unet_config(4))

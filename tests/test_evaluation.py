@@ -2,8 +2,10 @@
 
 import math
 
+import pytest
 import torch
 
+from ootd_lib.errors import InputError
 from ootd_lib.evaluation import DistributionMetrics, evaluate, masked_region_error, psnr, ssim, to_unit
 
 
@@ -94,3 +96,86 @@ def test_evaluate_runs_the_protocol_over_a_dataset():
     assert math.isclose(result["metrics"]["ssim"], 1.0, abs_tol=1e-5)
     assert result["metrics"]["masked_error"] == 0.0
     assert {"fid", "kid"} <= set(result["metrics"]) and result["skipped"] == {}
+
+
+# --- toy try-on metrics ---------------------------------------------------------------------------------------------
+def test_garment_colour_error_is_the_distance_of_mean_colours_over_the_truth_garment():
+    from ootd_lib.evaluation import garment_colour_error
+
+    truth = torch.zeros(2, 3, 16, 12)
+    parse = torch.zeros(2, 16, 12, dtype=torch.int64)
+    parse[:, 4:12, 3:9] = 4  # the upper garment
+    truth[:, 0, 4:12, 3:9] = 0.8  # a red garment on black
+    same = truth.clone()
+    same[:, :, 4:12, 3:9] = torch.rand(2, 3, 8, 6, generator=torch.Generator().manual_seed(0)) * 0.02 + \
+        torch.tensor([0.79, 0.0, 0.0]).view(1, 3, 1, 1)  # same mean colour ± noise: small error
+    blue = truth.clone()
+    blue[:, :, 4:12, 3:9] = torch.tensor([0.0, 0.0, 0.8]).view(1, 3, 1, 1)
+    err_same = garment_colour_error(same, truth, parse, "upper_body")
+    assert (err_same < 0.01).all()
+    assert torch.allclose(garment_colour_error(blue, truth, parse, "upper_body"), torch.full((2,), 1.6 / 3))
+    outside = truth.clone()
+    outside[:, :, :4] = 1.0  # a wrong background does not count: only the truth's garment pixels do
+    assert torch.equal(garment_colour_error(outside, truth, parse, ["upper_body", "upper_body"]), torch.zeros(2))
+    with pytest.raises(InputError, match="no dresses garment pixels"):
+        garment_colour_error(truth, truth, parse, "dresses")
+
+
+@pytest.fixture(scope="module")
+def toy16(tmp_path_factory):
+    """16 unpaired toy test pairs at 128×96 (enough for K = 16 candidates), with masks."""
+    import json
+
+    from ootd_lib.data import VitonHDDataset
+    from ootd_lib.toydata import generate_toy_dataset
+    from ootd_lib.training import MaskedTryOnDataset
+
+    root = generate_toy_dataset(tmp_path_factory.mktemp("toy16") / "vitonhd", layout="vitonhd", n_train=0,
+                                n_test=16, seed=0, size=(128, 96), progress=False)
+    dataset = MaskedTryOnDataset(VitonHDDataset(root, "test", "unpaired", size=(128, 96)), "hd")
+    return dataset, json.loads((root / "toy_info.json").read_text())
+
+
+def test_identification_picks_the_right_garment_for_the_truth_and_not_for_another(toy16):
+    from ootd_lib.evaluation import identification_candidates, identify_garments
+
+    dataset, info = toy16
+    items = [dataset[i] for i in range(6)]
+    truth = to_unit(torch.stack([it["target"] for it in items]))
+    assert identify_garments(truth, items, info).all()  # the exact ground truth is always identified
+    # the person wearing candidate 1 (a wrong garment) instead: never identified
+    from ootd_lib.data import image_to_tensor
+    from ootd_lib.toydata import candidate_renders, test_index
+    from PIL import Image
+
+    wrong = []
+    for it in items:
+        _, person = test_index("vitonhd", it["person_name"][:-4])
+        _, garment = test_index("vitonhd", it["garment_name"][:-4])
+        cands = identification_candidates(16, garment, person, "upper_body")
+        assert cands[0] == garment and len(set(cands)) == 16 and person >= 0
+        render = candidate_renders(info, "upper_body", person, [cands[1]])[0]
+        wrong.append(to_unit(image_to_tensor(Image.fromarray(render), (128, 96))))
+    assert not identify_garments(torch.stack(wrong), items, info).any()
+    with pytest.raises(InputError, match="at least 32 test garments"):
+        identification_candidates(16, 0, 0, "upper_body", k=32)
+
+
+def test_vae_metrics_and_evaluate_toy_on_an_untrained_model(toy16):
+    """The mechanics on a random toy model: a random VAE reconstructs nothing (floor high), and an untrained model
+    identifies garments at about chance."""
+    from ootd_lib.evaluation import evaluate_toy, vae_metrics
+    from ootd_lib.models import build_toy_components
+    from ootd_lib.pipeline import OOTDPipeline
+
+    dataset, info = toy16
+    comps = build_toy_components(0)
+    m = vae_metrics(comps["vae"], dataset, limit=4)
+    assert m["n"] == 4 and m["pixel_mae"] > 0.1 and m["masked_floor"] > 0.1 and m["colour_error"] > 0
+    pipe = OOTDPipeline(**comps, model_type="hd")
+    pipe.set_progress_bar_config(disable=True)
+    r = evaluate_toy(pipe, dataset, info, steps=2, limit=4, keep_images=True)
+    assert r["n"] == 4 and r["chance"] == 1 / 16 and r["images"].shape == (4, 3, 128, 96)
+    assert {"masked_error_other", "colour_error_other", "identification_other", "colour_ratio"} <= set(r)
+    assert r["vae_floor"] == pytest.approx(sum(r["per_image"]["vae_floor"]) / 4)
+    assert r["floor_ratio"] == pytest.approx(r["masked_error"] / r["vae_floor"])

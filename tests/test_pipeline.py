@@ -252,3 +252,43 @@ def test_tryon_files_and_cli(pipe, tmp_path, monkeypatch, capsys):
     assert rc == 2 and "toy checkpoint" in capsys.readouterr().err
     with pytest.raises(WeightsError, match="missing"):
         load_toy_pipeline(tmp_path / "missing")
+
+
+# --- paste-back and the toy resolution -------------------------------------------------------------------------------
+def test_feathered_paste_keeps_the_original_outside_and_the_result_inside():
+    from ootd_lib.pipeline import feathered_paste
+
+    person, result = torch.zeros(1, 3, 32, 24), torch.ones(1, 3, 32, 24)
+    mask = torch.zeros(1, 1, 32, 24)
+    mask[..., 10:20, 8:16] = 1
+    out = feathered_paste(result, person, mask, feather=2)
+    assert torch.equal(out[..., 10:20, 8:16], result[..., 10:20, 8:16])  # inside: the result, exactly
+    far = torch.ones(32, 24, dtype=torch.bool)
+    far[10 - 4:20 + 4, 8 - 4:16 + 4] = False  # beyond twice the feather: the original pixels, exactly
+    assert torch.equal(out[..., far], person[..., far])
+    ramp = out[0, 0, 15, 16:21]  # a soft edge going out of the mask to the right
+    assert (ramp.diff() <= 0).all() and 0 < ramp[1] < 1
+    assert torch.equal(feathered_paste(result, person, mask, feather=0), mask.expand(-1, 3, -1, -1))
+
+
+def test_paste_back_returns_the_input_pixels_outside_the_mask(pipe):
+    person, garment, mask = make_inputs()
+    plain = run(pipe, person, garment, mask)
+    pasted = run(pipe, person, garment, mask, paste_back=True)
+    far = F.max_pool2d(mask, 9, stride=1, padding=4)[0, 0] == 0  # beyond the feather band
+    truth = (person[0] + 1) / 2
+    assert torch.allclose(pasted[0][:, far], truth[:, far], atol=1e-6)
+    assert not torch.allclose(plain[0][:, far], truth[:, far], atol=1e-2)  # off: decoded through the VAE, as released
+    inside = mask[0, 0] > 0
+    assert torch.allclose(pasted[0][:, inside], plain[0][:, inside], atol=1e-6)
+
+
+def test_default_resolution_follows_the_vae():
+    from types import SimpleNamespace
+
+    from ootd_lib.pipeline import default_resolution
+
+    vae = lambda size: SimpleNamespace(config=SimpleNamespace(sample_size=size))  # noqa: E731
+    assert default_resolution(vae(128)) == (128, 96)  # the toy VAE (f = 8 or f = 4): its training height
+    assert default_resolution(vae(64)) == (64, 48)
+    assert default_resolution(vae(512)) == (1024, 768)  # SD's VAE: the released resolution

@@ -34,10 +34,10 @@ class RecordingPipe:
         self.calls, self.gate = [], None
 
     def __call__(self, person, garment, mask, category, num_inference_steps, image_guidance_scale,
-                 num_images_per_prompt, generator):
+                 num_images_per_prompt, generator, paste_back=False):
         self.calls.append(dict(person=person, garment=garment, mask=mask, category=category,
                                steps=num_inference_steps, scale=image_guidance_scale, n=num_images_per_prompt,
-                               seed=generator.initial_seed()))
+                               seed=generator.initial_seed(), paste_back=paste_back))
         if self.gate is not None:
             assert self.gate.wait(10)
         for _ in range(num_inference_steps):
@@ -79,10 +79,14 @@ def test_pick_and_run(gallery_root):
     assert app.wait(10)
     call = pipe.calls[-1]
     assert (call["steps"], call["scale"], call["n"], call["seed"], call["category"]) == (4, 1.5, 2, 11, "upper_body")
+    assert call["paste_back"] is False  # the released behaviour by default
+    app.paste_back.value = True
+    app.run_button.click()
+    assert app.wait(10) and pipe.calls[-1]["paste_back"] is True
     assert call["person"].size == (192, 256) and call["mask"].size == (192, 256)
     garment = Image.open(app.gallery["garments"][1]).convert("RGB")
     assert np.array_equal(np.asarray(call["garment"]), np.asarray(garment))
-    assert app.progress.value == app.progress.max == 4  # one tick per denoising step
+    assert app.progress.value == app.progress.max == 4  # one tick per denoising step (of the last run)
     assert len(app.results) == 2 and len(app.outputs.children) == 2
     assert "ootd-result" in app.outputs.children[0]._dom_classes
     assert app.status.startswith("done: 2 image(s)") and not app.run_button.disabled

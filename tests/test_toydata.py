@@ -46,7 +46,10 @@ def test_vitonhd_layout_files(toy_vitonhd):
             assert body[:19, 0].max() < 192 and body[:19, 1].max() < 256  # in the written image's pixels
             assert np.allclose(body[8, :2], (body[9, :2] + body[12, :2]) / 2, atol=0.01)  # mid-hip
     gt = sorted(f.name for f in (root / "test" / "tryon-unpaired").iterdir())
-    assert gt == sorted(f"{p[:-4]}__{g[:-4]}.jpg" for p, g in test_pairs)
+    # each ground truth with its parse map (canonical labels): the garment pixels evaluation reads
+    assert gt == sorted(f"{p[:-4]}__{g[:-4]}{ext}" for p, g in test_pairs for ext in (".jpg", ".png"))
+    truth = np.asarray(Image.open(root / "test" / "tryon-unpaired" / gt[1]))
+    assert truth.shape == (256, 192) and 4 in truth and 18 in truth  # upper clothes and the neck
     assert json.loads((root / "toy_info.json").read_text())["layout"] == "vitonhd"
 
 
@@ -59,7 +62,7 @@ def test_dresscode_layout_files(toy_dresscode):
         paired, unpaired = _lines(d / "test_pairs_paired.txt"), _lines(d / "test_pairs_unpaired.txt")
         assert [p for p, _ in paired] == [p for p, _ in unpaired] and all(p[:-6] == g[:-6] for p, g in paired)
         assert all(p[:-6] != g[:-6] for p, g in unpaired)
-        assert len(list((d / "tryon_unpaired").iterdir())) == 4
+        assert len(list((d / "tryon_unpaired").glob("*.jpg"))) == len(list((d / "tryon_unpaired").glob("*.png"))) == 4
         for p, g in train + paired:
             base = p[:-6]
             assert Image.open(d / "images" / p).size == (192, 256) and Image.open(d / "images" / g).size == (192, 256)

@@ -1,0 +1,48 @@
+"""Measure the shipped toy checkpoint and write assets/toy_eval.json (read by tests/test_toy_checkpoint.py).
+
+    python assets/make_toy_eval.py            # ~10 min on 2 CPU cores
+
+Both variants on 64 held-out unpaired pairs per category (20 UniPC steps, guidance 2.0, seed 0): the trained UNets and
+the same architecture untrained (same VAE and encoders), each with the same model given another test garment as the
+baseline that costs no training. Every number comes from ``ootd evaluate`` (``ootd_lib.evaluation``); the file also
+records a digest of the UNet weights it was measured on, so a retrained checkpoint must be measured again.
+"""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ootd_lib.config import TOY_CHECKPOINT
+from ootd_lib.evaluation import evaluate_from_cli
+from ootd_lib.toydata import toy_dataset
+
+ASSETS = Path(__file__).resolve().parent
+DATA = {"hd": ("vitonhd", 1024), "dc": ("dresscode", 512)}  # the training wardrobes (seed 0); their test split is held out
+
+
+def unet_digest(variant: str) -> str:
+    h = hashlib.sha256()
+    for f in sorted((TOY_CHECKPOINT / "checkpoints" / "ootd" / f"ootd_{variant}").rglob("*.safetensors")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def main(out=ASSETS / "toy_eval.json", limit: int = 64):
+    torch.set_num_threads(2)
+    result = {}
+    for variant, (layout, n_train) in DATA.items():
+        root = toy_dataset(f"data/toy_{layout}", layout=layout, n_train=n_train, n_test=64, seed=0, progress=False)
+        result[variant] = {"unet_sha256": unet_digest(variant), "data": f"{root} (test split, unpaired)"}
+        for name, untrained in (("trained", False), ("untrained", True)):
+            summary = evaluate_from_cli(data=root, layout=layout, variant=variant, untrained=untrained, limit=limit,
+                                        out=f"runs/toy_eval_{variant}_{name}.json")
+            result[variant][name] = summary["toy"]
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
