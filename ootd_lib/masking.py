@@ -88,19 +88,28 @@ def draw_arm(shape, shoulder, elbow, wrist, width: int) -> np.ndarray:
     Drawn with PIL's ``ImageDraw.line(..., joint="curve")`` as released: the elbow joint is rounded, both ends are
     flat (butt). A round cap at the wrist would reach W/2 further and, after the 4-iteration dilation, repaint the hand
     the rules protect.
+
+    At height 512 (and above) the end points are truncated to integer pixels as released. Below it that truncation
+    would move the arm by up to a pixel, 4 px of the released frame at 128×96, so the arm is drawn on a grid
+    k = ceil(512 / H) times finer (keypoint p, pixel centres at integers, is PIL's corner-based (p + ½)·k there) and
+    each pixel takes the majority of its k×k cells.
     """
     from PIL import ImageDraw
 
     shoulder, elbow, wrist = (np.asarray(p, dtype=np.float64) for p in (shoulder, elbow, wrist))
     wrist = elbow + WRIST_EXTENSION * (wrist - elbow)
-    pts = [tuple(int(v) for v in p) for p in (shoulder, elbow, wrist)]  # integer pixels, truncated as released
-    canvas = Image.new("L", (shape[1], shape[0]), 0)
+    h, w = shape
+    k = max(1, -(-512 // h))
+    ends = (shoulder, elbow, wrist) if k == 1 else ((p + 0.5) * k for p in (shoulder, elbow, wrist))
+    pts = [tuple(int(v) for v in p) for p in ends]  # integer pixels, truncated as released
+    canvas = Image.new("L", (w * k, h * k), 0)
     if width > 0:
         draw = ImageDraw.Draw(canvas)
-        draw.line(pts, fill=255, width=width, joint="curve")
-        r = width // 2
+        draw.line(pts, fill=255, width=width * k, joint="curve")
+        r = width * k // 2
         draw.ellipse((pts[0][0] - r, pts[0][1] - r, pts[0][0] + r, pts[0][1] + r), fill=255)
-    return np.asarray(canvas) > 0
+    cells = np.asarray(canvas).reshape(h, k, w, k) > 0
+    return cells.mean((1, 3)) >= 0.5
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
