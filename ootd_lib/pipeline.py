@@ -163,11 +163,21 @@ def prepare_masks(masks, sizes: Sequence[tuple[int, int]], size) -> torch.Tensor
     return torch.stack(out)
 
 
-def repaint(latents, original, noise, mask, scheduler, next_timestep=None) -> torch.Tensor:
-    """Keep the sample inside the mask; outside it put the original latents noised to ``next_timestep``
-    (``None`` = after the last step: the clean original)."""
-    if next_timestep is not None:
-        original = scheduler.add_noise(original, noise, next_timestep.reshape(1))
+def repaint(latents, original, noise, mask, scheduler) -> torch.Tensor:
+    """Keep the sample inside the mask; outside it put the original latents noised to the sigma the scheduler's last
+    ``step`` reached (after the last step: the clean original).
+
+    The sigma is picked by the scheduler's step index, not by timestep value: Karras timesteps repeat at higher step
+    counts (50 steps end ``…, 2, 1, 1, 0``) and a look-up by value finds the other one. So the scheduler must count
+    from index 0: call ``scheduler.set_begin_index(0)`` after ``set_timesteps``.
+    """
+    step = scheduler.step_index
+    if scheduler.begin_index is None or step is None:
+        raise InputError("repaint needs the scheduler's step index: call scheduler.set_begin_index(0) after "
+                         "set_timesteps and repaint after each scheduler.step")
+    if step < len(scheduler.timesteps):
+        # with a begin index set, add_noise uses sigmas[step_index]; the timestep only gives the batch shape
+        original = scheduler.add_noise(original, noise, scheduler.timesteps[step:step + 1])
     return (1 - mask) * original + mask * latents
 
 
@@ -345,6 +355,7 @@ class OOTDPipeline(DiffusionPipeline):
 
             # 3. UniPC denoising with repaint outside the mask
             self.scheduler.set_timesteps(num_inference_steps, device=device)
+            self.scheduler.set_begin_index(0)  # repaint picks its sigma by step index (Karras timesteps repeat)
             timesteps = self.scheduler.timesteps
             noise = randn_tensor(original.shape, generator=generator, device=device, dtype=dtype)
             x = noise * self.scheduler.init_noise_sigma
@@ -355,8 +366,7 @@ class OOTDPipeline(DiffusionPipeline):
                         # been moved to the execution device by this first call
                         fusion.set_garment(states, cache_kv=True)
                     x = self.scheduler.step(eps, t, x, return_dict=False)[0]
-                    x = repaint(x, original, noise, m, self.scheduler,
-                                timesteps[i + 1] if i + 1 < len(timesteps) else None)
+                    x = repaint(x, original, noise, m, self.scheduler)
                     bar.update()
             fusion.clear()
 
