@@ -113,6 +113,16 @@ def test_repaint_sigma_by_step_index_at_any_step_count(pipe, components, steps):
     assert worst < 1e-5, worst
 
 
+def test_repaint_without_a_step_index_is_a_clear_error():
+    from ootd_lib.models import make_scheduler
+    from ootd_lib.pipeline import repaint
+
+    sched, x = make_scheduler(), torch.zeros(1, 4, 2, 2)
+    sched.set_timesteps(5)  # no set_begin_index(0): a sigma could only be looked up by timestep value
+    with pytest.raises(InputError, match="set_begin_index"):
+        repaint(x, x, x, x, sched)
+
+
 def test_repaint_keeps_the_person_outside_the_mask(pipe, components):
     person, garment, mask = make_inputs()
     latents = run(pipe, person, garment, mask, output_type="latent")
