@@ -12,6 +12,7 @@ from .errors import (  # noqa: F401
     OOTDError,
     PoseError,
     TrainingError,
+    UnsupportedError,
     WeightsError,
 )
 
