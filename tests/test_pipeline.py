@@ -66,8 +66,8 @@ def reference_loop(c, person, garment, mask, scale, steps=STEPS, seed=0, trace=N
         e_u = model(x, t, pers, torch.zeros_like(garm), prompt)
         eps = e_u + scale * (e_c - e_u)
         x = sched.step(eps, t, x).prev_sample
-        if i + 1 < steps:  # the original noised to the sigma this step reached: number i + 1, by index, written out
-            sigma = sched.sigmas[i + 1]  # (UniPC's variance-preserving form: x = α·x0 + α·σ·ε, α = 1/√(1+σ²))
+        if i + 1 < steps:  # the original noised to the sigma this step reached, number i + 1, by index; UniPC's
+            sigma = sched.sigmas[i + 1]  # variance-preserving form written out: x = α·x0 + α·σ·ε, α = 1/√(1+σ²)
             alpha = 1 / (1 + sigma ** 2) ** 0.5
             known = alpha * x0 + alpha * sigma * noise
         else:
