@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import CATEGORIES, MODEL_TYPES
 from .errors import InputError
 
-CATEGORIES = ("upper_body", "lower_body", "dresses")
-MODEL_TYPES = ("hd", "dc")
 ARM_WIDTH = {"hd": 60, "dc": 45}  # pixels at height 512
 
 # Canonical (ATR + neck) labels used by the rules.
@@ -223,10 +222,9 @@ def masked_person(person, mask):
 
 def _estimate_annotations(image: Image.Image, weights, device):
     """Parse map + keypoints of a real photo with the released estimators, both at 512×384."""
-    from .estimators import HumanParser, OpenPoseBody
+    from .estimators import load_estimators
 
-    parser = HumanParser.from_pretrained(weights or "levihsu/OOTDiffusion")
-    pose = OpenPoseBody.from_pretrained(weights or "levihsu/OOTDiffusion", device=device or "cpu")
+    parser, pose = load_estimators(weights, device=device or "cpu")
     return parser(image), pose(image)
 
 

@@ -481,11 +481,9 @@ def tryon_files(person, garment, category="upper_body", mask=None, model=None, o
         from .data import find_annotations
 
         if find_annotations(person) is None:  # a real photo: the released human parser and OpenPose
-            from .estimators import HumanParser, OpenPoseBody
-            from .hub import OFFICIAL_REPO
+            from .estimators import load_estimators
 
-            source = weights or official or OFFICIAL_REPO
-            parser, pose = HumanParser.from_pretrained(source), OpenPoseBody.from_pretrained(source, device=device)
+            parser, pose = load_estimators(weights or official, device=device)
     generator = torch.Generator("cpu").manual_seed(int(seed))
     result = tryon(Path(person), Path(garment), category, pipe, parser=parser, pose=pose,
                    mask=Image.open(mask).convert("L") if mask else None, num_inference_steps=steps,

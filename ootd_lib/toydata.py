@@ -54,10 +54,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .config import CATEGORIES, LAYOUTS
 from .errors import ConfigError
 
-LAYOUTS = ("vitonhd", "dresscode")
-CATEGORIES = ("upper_body", "lower_body", "dresses")
 BASE_H, BASE_W = 256, 192  # the drawing frame; other sizes scale it
 TEST_OFFSET = 90000  # test ids start here so names never collide with train ids
 UNPAIRED_DIRS = {"vitonhd": "tryon-unpaired", "dresscode": "tryon_unpaired"}
