@@ -48,6 +48,7 @@ from .errors import InputError, WeightsError
 from .fusion import OutfittingFusion, transformer_block_names
 from .guidance import cfg_combine, uses_cfg
 from .masking import masked_person
+from .progress import progress_enabled
 
 __all__ = ["OOTDPipeline", "tryon", "tryon_files", "load_toy_pipeline", "default_resolution", "prepare_images",
            "prepare_masks", "repaint", "pick_device", "compute_mask"]
@@ -295,6 +296,14 @@ class OOTDPipeline(DiffusionPipeline):
             fusion.remove()
             for a, p in zip(attn1, before):
                 a.set_processor(p)
+
+    def progress_bar(self, iterable=None, total=None):
+        """diffusers' sampling bar, or none under ``OOTD_PROGRESS=0`` (:mod:`ootd_lib.progress`)."""
+        if progress_enabled():
+            return super().progress_bar(iterable, total)
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, disable=True)
 
     def predict_noise(self, x, t, person_latents, prompt, scale):
         """ε for the current latents; with guidance the batch is [unconditional, conditional]."""
