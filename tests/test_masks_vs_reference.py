@@ -13,12 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
+from ootd_lib.config import CATEGORIES, MODEL_TYPES
 from ootd_lib.data import find_annotations
 from ootd_lib.masking import agnostic_mask
 from reference_masks import drawn_arm, iou, reference_mask
 
-CATEGORIES = ("upper_body", "lower_body", "dresses")
-MODEL_TYPES = ("hd", "dc")
 SIZES = ((512, 384), (256, 192), (128, 96))
 
 # Right-arm poses in base pixels of a 512×384 frame, (elbow, wrist) from the shoulder at (132, 150). COCO "right" is
@@ -29,6 +28,16 @@ POSES = {
     "raised": ((88, 92), (98, 24)),         # above the head
     "out": ((60, 160), (8, 168)),           # straight out sideways, wrist' near the image edge
     "across": ((132, 238), (222, 214)),     # forearm across the torso
+}
+
+# (x0, y0, x1, y1, label) in base pixels
+ACCESSORIES = {
+    "hat": (157, 5, 227, 40, 1),
+    "sunglasses": (167, 62, 217, 76, 3),
+    "bag_front": (170, 200, 215, 250, 16),  # held in front of the torso
+    "bag_side": (85, 250, 135, 330, 16),    # at the right hip, over the hand
+    "belt": (137, 292, 247, 306, 8),
+    "scarf": (170, 110, 214, 160, 17),
 }
 
 
@@ -85,18 +94,8 @@ def figure(h=512, w=384, right="down", left="down", outfit="top_pants", accessor
         for i, p in zip(ids, (shoulder, elbow, wrist)):
             kp[i] = px(*p)
 
-    if "hat" in accessories:
-        rect(157, 5, 227, 40, 1)
-    if "sunglasses" in accessories:
-        rect(167, 62, 217, 76, 3)
-    if "bag_front" in accessories:
-        rect(170, 200, 215, 250, 16)                                      # held in front of the torso
-    if "bag_side" in accessories:
-        rect(85, 250, 135, 330, 16)                                       # at the right hip, over the hand
-    if "belt" in accessories:
-        rect(137, 292, 247, 306, 8)
-    if "scarf" in accessories:
-        rect(170, 110, 214, 160, 17)
+    for name in accessories:
+        rect(*ACCESSORIES[name])
 
     for m in missing:
         i, how = m if isinstance(m, tuple) else (m, "nan")
