@@ -9,7 +9,8 @@ and a body pose. The rules below reproduce the released ``get_mask_location`` (d
 
 All rules are written for 512×384 (H×W). At another height H the pixel sizes scale with H/512: the arm width exactly
 as released (``int(arm_width / 512 * H)``), the 5×5 dilations by running ``max(1, round(n * H / 512))`` iterations
-instead of ``n`` (the kernel stays 5×5, so the grown margin keeps the same fraction of the body).
+instead of ``n`` (the kernel stays 5×5, so the grown margin keeps the same fraction of the body); below 512 the arm
+is drawn on a finer grid (see :func:`draw_arm`) so its end points keep sub-pixel precision.
 
 Inputs follow the course conventions: ``parse`` (H,W) in the canonical labels (ATR 0-17 + 18 neck), ``keypoints``
 (18,2) COCO-18 pixel coordinates at the parse map's size with NaN for missing joints.
