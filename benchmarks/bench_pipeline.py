@@ -161,13 +161,14 @@ def reference_call(pipe: OOTDPipeline, person, garment, mask, steps, scale, gene
     with released_fusion(pipe.unet_garm, pipe.unet_vton) as capture:
         capture(torch.cat([torch.zeros_like(garm), garm]), prompts)
         sched.set_timesteps(steps, device=device)
+        sched.set_begin_index(0)  # repaint picks its sigma by step index
         noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=dtype)
         x = noise * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
             x_in = sched.scale_model_input(torch.cat([x, x]), t)  # always doubled
             eps = pipe.unet_vton(torch.cat([x_in, persons], 1), t, prompts).sample
             x = sched.step(cfg_combine(*eps.chunk(2), scale), t, x).prev_sample
-            x = repaint(x, x0, noise, m, sched, sched.timesteps[i + 1] if i + 1 < steps else None)
+            x = repaint(x, x0, noise, m, sched)
     return ((decode_latents(pipe.vae, x).float() + 1) / 2).clamp(0, 1).cpu()
 
 

@@ -12,8 +12,12 @@ from .errors import (  # noqa: F401
     OOTDError,
     PoseError,
     TrainingError,
+    UnsupportedError,
     WeightsError,
 )
+from .progress import apply_environment as _apply_progress_environment
+
+_apply_progress_environment()  # OOTD_PROGRESS=0: no progress bars from ootd_lib or the libraries it uses
 
 __version__ = "0.1.0"
 

@@ -25,8 +25,8 @@ from PIL import Image
 
 from .errors import InputError
 
-__all__ = ["encode_latents", "encode_garment", "encode_person", "encode_repaint_target", "decode_latents",
-           "garment_image_embeds", "prompt_from_image_embeds", "encode_prompt", "category_word", "CATEGORY_WORDS"]
+__all__ = ["encode_latents", "encode_repaint_target", "decode_latents", "garment_image_embeds",
+           "prompt_from_image_embeds", "encode_prompt", "category_word", "CATEGORY_WORDS"]
 
 # The word the dc model was trained with for each dataset category.
 CATEGORY_WORDS = {"upper_body": "upperbody", "lower_body": "lowerbody", "dresses": "dress"}
@@ -46,10 +46,6 @@ def encode_latents(vae, images) -> torch.Tensor:
     ``latents``."""
     out = vae.encode(_vae_input(vae, images))
     return out.latent_dist.mode() if hasattr(out, "latent_dist") else out.latents
-
-
-encode_garment = encode_latents  # names used in CONTRIBUTING.md
-encode_person = encode_latents
 
 
 def encode_repaint_target(vae, images) -> torch.Tensor:

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import CATEGORIES
 from .errors import DataError, InputError
-
-CATEGORIES = ("upper_body", "lower_body", "dresses")
 
 ATR_LABELS = ["background", "hat", "hair", "sunglasses", "upper-clothes", "skirt", "pants", "dress", "belt",
               "left-shoe", "right-shoe", "face", "left-leg", "right-leg", "left-arm", "right-arm", "bag", "scarf"]
@@ -161,11 +160,6 @@ def dresscode_keypoints_to_coco18(keypoints, dst_size=None, src_size=DRESSCODE_K
         missing |= k[:, 2] <= 0
     xy[missing] = np.nan
     return _scale(xy, src_size, dst_size).astype(np.float32)
-
-
-def coco18_to_released(keypoints: np.ndarray) -> np.ndarray:
-    """NaN-missing keypoints → the released code's convention (missing = ``[0, 0]``)."""
-    return np.nan_to_num(np.asarray(keypoints, np.float32), nan=0.0)
 
 
 def garment_mask_from_image(img: Image.Image, threshold: int = 235) -> np.ndarray:

@@ -21,6 +21,10 @@ class WeightsError(OOTDError):
     """A weight file is missing, a Git-LFS pointer, truncated or not a valid model."""
 
 
+class UnsupportedError(OOTDError, NotImplementedError):
+    """A model option or call argument that ootd_lib does not implement (raised instead of silently ignoring it)."""
+
+
 class PoseError(OOTDError):
     """The pose estimator found nobody in the image."""
 

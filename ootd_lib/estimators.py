@@ -381,3 +381,14 @@ class OpenPoseBody:
     def __call__(self, image) -> np.ndarray:
         heat, paf = self.network_maps(to_bgr(image))
         return decode_pose(heat, paf)
+
+
+def load_estimators(source=None, device="cpu", providers=None) -> tuple[HumanParser, OpenPoseBody]:
+    """The released human parser and OpenPose body model, the one loader for both.
+
+    ``source``: a local folder laid out like levihsu/OOTDiffusion (or its checkpoints/ folder), or a hub repo id
+    (default: the released repo; only these three files are fetched).
+    """
+    folder = resolve_files(source or OFFICIAL_REPO, [ATR_FILE, LIP_FILE, POSE_FILE])
+    parser = HumanParser(locate(folder, ATR_FILE), locate(folder, LIP_FILE), providers)
+    return parser, OpenPoseBody(locate(folder, POSE_FILE), device=device)

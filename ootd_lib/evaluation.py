@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .progress import progress_enabled
 
 __all__ = ["to_unit", "ssim", "psnr", "masked_region_error", "garment_colour_error", "vae_round_trip", "vae_metrics",
            "identification_candidates", "identify_garments", "evaluate_toy", "DistributionMetrics", "lpips_metric",
@@ -299,7 +300,7 @@ def evaluate(pipe, dataset, steps: int = 20, scale: float = 2.0, seed: int = 0, 
     skipped = dict(dist.skipped) if dist is not None else {}
     per = {"ssim": [], "psnr": [], "masked_error": []}
     lp_sum, images = 0.0, []
-    for start in tqdm(range(0, n, batch_size), desc="evaluate", disable=not progress):
+    for start in tqdm(range(0, n, batch_size), desc="evaluate", disable=not progress_enabled(progress)):
         items = [dataset[i] for i in range(start, min(start + batch_size, n))]
         person = torch.stack([it["person"] for it in items])
         mask = torch.stack([it["mask"] for it in items])

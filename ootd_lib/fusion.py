@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention import BasicTransformerBlock
 
-from .errors import InputError
+from .errors import InputError, UnsupportedError
 
 __all__ = ["OutfittingFusion", "FusedSelfAttnProcessor", "transformer_block_names", "execution_key"]
 
@@ -41,6 +41,28 @@ def transformer_block_names(unet) -> list[str]:
     """Names of the self-attention transformer blocks of a UNet, in execution order."""
     names = [n for n, m in unet.named_modules() if isinstance(m, BasicTransformerBlock)]
     return sorted(names, key=execution_key)
+
+
+# Options of a diffusers ``Attention`` layer that FusedSelfAttnProcessor does not implement (it would skip them).
+UNSUPPORTED_ATTENTION_OPTIONS = ("norm_q", "norm_k", "group_norm", "spatial_norm")
+
+
+def check_supported(attn, name: str = "attn1") -> None:
+    """Raise :class:`UnsupportedError` when the attention layer uses an option the fused processor does not apply."""
+    used = [o for o in UNSUPPORTED_ATTENTION_OPTIONS if getattr(attn, o, None) is not None]
+    if used:
+        raise UnsupportedError(f"{name} uses {', '.join(used)}, which outfitting fusion does not implement; build "
+                               "the UNets without them (stock SD-1.5 / toy UNet configs have none)")
+
+
+def _refuse_cross_attention_kwargs(unet, args, kwargs):
+    """Forward pre-hook on the vton UNet: the fused self-attention takes no cross_attention_kwargs (diffusers would
+    only drop them with a log line). ``scale`` is the LoRA scale, applied by the UNet itself, so it passes."""
+    extra = kwargs.get("cross_attention_kwargs", args[6] if len(args) > 6 else None) or {}
+    extra = sorted(k for k in extra if k != "scale")
+    if extra:
+        raise UnsupportedError(f"cross_attention_kwargs {extra} are not implemented by outfitting fusion; call the "
+                               "vton UNet without them")
 
 
 class _StopGarmentPass(Exception):
@@ -70,10 +92,11 @@ class FusedSelfAttnProcessor:
         g = self.norm1(self.garment)
         return attn.to_k(g), attn.to_v(g)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
-            raise NotImplementedError("the fused processor handles the unmasked self-attention (attn1) of a "
-                                      "BasicTransformerBlock only")
+            raise UnsupportedError("the fused processor handles the unmasked self-attention (attn1) of a "
+                                   "BasicTransformerBlock only")
+        check_supported(attn)
         b, n, _ = hidden_states.shape
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         if self.garment is not None or self.garment_kv is not None:
@@ -121,6 +144,7 @@ class OutfittingFusion:
         self.processors: dict[str, FusedSelfAttnProcessor] = {}
         for name in self.block_names:
             block = unet_vton.get_submodule(name)
+            check_supported(block.attn1, f"vton {name}.attn1")
             proc = FusedSelfAttnProcessor(block.norm1)
             block.attn1.set_processor(proc)
             self.processors[f"{name}.attn1.processor"] = proc
@@ -128,6 +152,7 @@ class OutfittingFusion:
         self._hooks = [unet_garm.get_submodule(name).register_forward_pre_hook(self._capture_hook(name),
                                                                                with_kwargs=True)
                        for name in self.block_names]
+        self._hooks.append(unet_vton.register_forward_pre_hook(_refuse_cross_attention_kwargs, with_kwargs=True))
 
     # -- garment side ------------------------------------------------------------------------------------------
     def _capture_hook(self, name):

@@ -9,7 +9,8 @@ and a body pose. The rules below reproduce the released ``get_mask_location`` (d
 
 All rules are written for 512×384 (H×W). At another height H the pixel sizes scale with H/512: the arm width exactly
 as released (``int(arm_width / 512 * H)``), the 5×5 dilations by running ``max(1, round(n * H / 512))`` iterations
-instead of ``n`` (the kernel stays 5×5, so the grown margin keeps the same fraction of the body).
+instead of ``n`` (the kernel stays 5×5, so the grown margin keeps the same fraction of the body); below 512 the arm
+is drawn on a finer grid (see :func:`draw_arm`) so its end points keep sub-pixel precision.
 
 Inputs follow the course conventions: ``parse`` (H,W) in the canonical labels (ATR 0-17 + 18 neck), ``keypoints``
 (18,2) COCO-18 pixel coordinates at the parse map's size with NaN for missing joints.
@@ -24,10 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import CATEGORIES, MODEL_TYPES
 from .errors import InputError
 
-CATEGORIES = ("upper_body", "lower_body", "dresses")
-MODEL_TYPES = ("hd", "dc")
 ARM_WIDTH = {"hd": 60, "dc": 45}  # pixels at height 512
 
 # Canonical (ATR + neck) labels used by the rules.
@@ -88,19 +88,28 @@ def draw_arm(shape, shoulder, elbow, wrist, width: int) -> np.ndarray:
     Drawn with PIL's ``ImageDraw.line(..., joint="curve")`` as released: the elbow joint is rounded, both ends are
     flat (butt). A round cap at the wrist would reach W/2 further and, after the 4-iteration dilation, repaint the hand
     the rules protect.
+
+    At height 512 (and above) the end points are truncated to integer pixels as released. Below it that truncation
+    would move the arm by up to a pixel, 4 px of the released frame at 128×96, so the arm is drawn on a grid
+    k = ceil(512 / H) times finer (keypoint p, pixel centres at integers, is PIL's corner-based (p + ½)·k there) and
+    each pixel takes the majority of its k×k cells.
     """
     from PIL import ImageDraw
 
     shoulder, elbow, wrist = (np.asarray(p, dtype=np.float64) for p in (shoulder, elbow, wrist))
     wrist = elbow + WRIST_EXTENSION * (wrist - elbow)
-    pts = [tuple(int(v) for v in p) for p in (shoulder, elbow, wrist)]  # integer pixels, truncated as released
-    canvas = Image.new("L", (shape[1], shape[0]), 0)
+    h, w = shape
+    k = max(1, -(-512 // h))
+    ends = (shoulder, elbow, wrist) if k == 1 else ((p + 0.5) * k for p in (shoulder, elbow, wrist))
+    pts = [tuple(int(v) for v in p) for p in ends]  # integer pixels, truncated as released
+    canvas = Image.new("L", (w * k, h * k), 0)
     if width > 0:
         draw = ImageDraw.Draw(canvas)
-        draw.line(pts, fill=255, width=width, joint="curve")
-        r = width // 2
+        draw.line(pts, fill=255, width=width * k, joint="curve")
+        r = width * k // 2
         draw.ellipse((pts[0][0] - r, pts[0][1] - r, pts[0][0] + r, pts[0][1] + r), fill=255)
-    return np.asarray(canvas) > 0
+    cells = np.asarray(canvas).reshape(h, k, w, k) > 0
+    return cells.mean((1, 3)) >= 0.5
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -214,10 +223,9 @@ def masked_person(person, mask):
 
 def _estimate_annotations(image: Image.Image, weights, device):
     """Parse map + keypoints of a real photo with the released estimators, both at 512×384."""
-    from .estimators import HumanParser, OpenPoseBody
+    from .estimators import load_estimators
 
-    parser = HumanParser.from_pretrained(weights or "levihsu/OOTDiffusion")
-    pose = OpenPoseBody.from_pretrained(weights or "levihsu/OOTDiffusion", device=device or "cpu")
+    parser, pose = load_estimators(weights, device=device or "cpu")
     return parser(image), pose(image)
 
 

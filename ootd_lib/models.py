@@ -12,7 +12,6 @@ unet_vton, scheduler`` — exactly the components of ``OOTDPipeline``.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -347,7 +346,7 @@ def load_official_components(path_or_repo=OFFICIAL_REPO, variant="hd", clip_mode
     if clip_model is None:
         local_clip = root / pre / "clip-vit-large-patch14"
         clip_model = local_clip if local_clip.is_dir() else CLIP_REPO
-    image_encoder, clip_processor = _load_clip_vision(clip_model, torch_dtype)
+    image_encoder, _ = _load_clip_vision(clip_model, torch_dtype)  # the processor: ootd/feature_extractor below
 
     def sub(name):
         return root / f"{pre}ootd/{name}"
@@ -359,7 +358,7 @@ def load_official_components(path_or_repo=OFFICIAL_REPO, variant="hd", clip_mode
         text_encoder=CLIPTextModel.from_pretrained(sub("text_encoder"), **variants[f"{pre}ootd/text_encoder"],
                                                    torch_dtype=torch_dtype),
         tokenizer=CLIPTokenizer.from_pretrained(sub("tokenizer")),
-        image_encoder=image_encoder, feature_extractor=feature_extractor or clip_processor,
+        image_encoder=image_encoder, feature_extractor=feature_extractor,
         unet_garm=_load_unet(root / f"{unets}/unet_garm", variants[f"{unets}/unet_garm"], torch_dtype),
         unet_vton=_load_unet(root / f"{unets}/unet_vton", variants[f"{unets}/unet_vton"], torch_dtype),
         scheduler=scheduler)
@@ -367,12 +366,6 @@ def load_official_components(path_or_repo=OFFICIAL_REPO, variant="hd", clip_mode
         raise WeightsError(f"{root / unets}/unet_vton has in_channels={components['unet_vton'].config.in_channels}, "
                            "expected 8; the folder does not hold OOTDiffusion UNets")
     return _eval(components)
-
-
-def read_model_index(folder) -> dict:
-    """The ``model_index.json`` of a released/pipeline folder (informational; never used to import classes)."""
-    path = Path(folder) / "model_index.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 # --- one entry point for notebooks and the CLI ---

@@ -48,6 +48,7 @@ from .errors import InputError, WeightsError
 from .fusion import OutfittingFusion, transformer_block_names
 from .guidance import cfg_combine, uses_cfg
 from .masking import masked_person
+from .progress import progress_enabled
 
 __all__ = ["OOTDPipeline", "tryon", "tryon_files", "load_toy_pipeline", "default_resolution", "prepare_images",
            "prepare_masks", "repaint", "feathered_paste", "pick_device", "compute_mask"]
@@ -167,11 +168,21 @@ def prepare_masks(masks, sizes: Sequence[tuple[int, int]], size) -> torch.Tensor
     return torch.stack(out)
 
 
-def repaint(latents, original, noise, mask, scheduler, next_timestep=None) -> torch.Tensor:
-    """Keep the sample inside the mask; outside it put the original latents noised to ``next_timestep``
-    (``None`` = after the last step: the clean original)."""
-    if next_timestep is not None:
-        original = scheduler.add_noise(original, noise, next_timestep.reshape(1))
+def repaint(latents, original, noise, mask, scheduler) -> torch.Tensor:
+    """Keep the sample inside the mask; outside it put the original latents noised to the sigma the scheduler's last
+    ``step`` reached (after the last step: the clean original).
+
+    The sigma is picked by the scheduler's step index, not by timestep value: Karras timesteps repeat at higher step
+    counts (50 steps end ``…, 2, 1, 1, 0``) and a look-up by value finds the other one. So the scheduler must count
+    from index 0: call ``scheduler.set_begin_index(0)`` after ``set_timesteps``.
+    """
+    step = scheduler.step_index
+    if scheduler.begin_index is None or step is None:
+        raise InputError("repaint needs the scheduler's step index: call scheduler.set_begin_index(0) after "
+                         "set_timesteps and repaint after each scheduler.step")
+    if step < len(scheduler.timesteps):
+        # with a begin index set, add_noise uses sigmas[step_index]; the timestep only gives the batch shape
+        original = scheduler.add_noise(original, noise, scheduler.timesteps[step:step + 1])
     return (1 - mask) * original + mask * latents
 
 
@@ -305,6 +316,14 @@ class OOTDPipeline(DiffusionPipeline):
             for a, p in zip(attn1, before):
                 a.set_processor(p)
 
+    def progress_bar(self, iterable=None, total=None):
+        """diffusers' sampling bar, or none under ``OOTD_PROGRESS=0`` (:mod:`ootd_lib.progress`)."""
+        if progress_enabled():
+            return super().progress_bar(iterable, total)
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, disable=True)
+
     def predict_noise(self, x, t, person_latents, prompt, scale):
         """ε for the current latents; with guidance the batch is [unconditional, conditional]."""
         double = uses_cfg(scale)
@@ -366,6 +385,7 @@ class OOTDPipeline(DiffusionPipeline):
 
             # 3. UniPC denoising with repaint outside the mask
             self.scheduler.set_timesteps(num_inference_steps, device=device)
+            self.scheduler.set_begin_index(0)  # repaint picks its sigma by step index (Karras timesteps repeat)
             timesteps = self.scheduler.timesteps
             noise = randn_tensor(original.shape, generator=generator, device=device, dtype=dtype)
             x = noise * self.scheduler.init_noise_sigma
@@ -376,8 +396,7 @@ class OOTDPipeline(DiffusionPipeline):
                         # been moved to the execution device by this first call
                         fusion.set_garment(states, cache_kv=True)
                     x = self.scheduler.step(eps, t, x, return_dict=False)[0]
-                    x = repaint(x, original, noise, m, self.scheduler,
-                                timesteps[i + 1] if i + 1 < len(timesteps) else None)
+                    x = repaint(x, original, noise, m, self.scheduler)
                     bar.update()
             fusion.clear()
 
@@ -504,11 +523,9 @@ def tryon_files(person, garment, category="upper_body", mask=None, model=None, o
         from .data import find_annotations
 
         if find_annotations(person) is None:  # a real photo: the released human parser and OpenPose
-            from .estimators import HumanParser, OpenPoseBody
-            from .hub import OFFICIAL_REPO
+            from .estimators import load_estimators
 
-            source = weights or official or OFFICIAL_REPO
-            parser, pose = HumanParser.from_pretrained(source), OpenPoseBody.from_pretrained(source, device=device)
+            parser, pose = load_estimators(weights or official, device=device)
     generator = torch.Generator("cpu").manual_seed(int(seed))
     result = tryon(Path(person), Path(garment), category, pipe, parser=parser, pose=pose,
                    mask=Image.open(mask).convert("L") if mask else None, num_inference_steps=steps,

@@ -55,10 +55,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .config import CATEGORIES, LAYOUTS
 from .errors import ConfigError
+from .progress import progress_enabled
 
-LAYOUTS = ("vitonhd", "dresscode")
-CATEGORIES = ("upper_body", "lower_body", "dresses")
 BASE_H, BASE_W = 256, 192  # the drawing frame; other sizes scale it
 TEST_OFFSET = 90000  # test ids start here so names never collide with train ids
 UNPAIRED_DIRS = {"vitonhd": "tryon-unpaired", "dresscode": "tryon_unpaired"}
@@ -610,7 +610,8 @@ def generate_toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test
     # The workers only draw with numpy/OpenCV and write files, so forking a process with torch threads is harmless.
     if not (sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()):
         workers = 1
-    with tqdm(total=len(tasks), desc=f"toy {layout}", disable=not progress, unit="sample") as bar:
+    with tqdm(total=len(tasks), desc=f"toy {layout}", disable=not progress_enabled(progress),
+              unit="sample") as bar:
         if workers <= 1:
             for t in tasks:
                 bar.update(_write_task(t))

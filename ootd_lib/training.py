@@ -39,6 +39,7 @@ from PIL import Image
 
 from .config import LOSS_WEIGHTINGS, Config
 from .errors import ConfigError, DataError, TrainingError
+from .progress import progress_enabled
 
 __all__ = ["train", "train_from_cli", "training_step", "draw_randomness", "MaskedTryOnDataset", "build_dataset",
            "pretrain_toy_vae", "train_toy_vae", "set_latent_scaling", "encode_batch", "cache_latents", "save_checkpoint",
@@ -192,7 +193,8 @@ def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int
     opt = optimizer or torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     h, w = pool.shape[-2:]
     ch, cw = crop if crop else (h, w)
-    for step in tqdm(range(start, steps), desc="toy VAE", disable=not progress, initial=start, total=steps):
+    for step in tqdm(range(start, steps), desc="toy VAE", disable=not progress_enabled(progress), initial=start,
+                     total=steps):
         for group in opt.param_groups:  # cosine decay as a pure function of the step (nothing extra to checkpoint)
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -643,7 +645,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True) -> Path
     # loop: one optimizer step = gradient_accumulation_steps micro-steps
     latent_shape = None
     per_epoch = len(loader)
-    bar = tqdm(total=cfg.max_train_steps, initial=step, desc="train", disable=not (progress and main))
+    bar = tqdm(total=cfg.max_train_steps, initial=step, desc="train", disable=not progress_enabled(progress and main))
     t_start, steps_timed = time.time(), 0
     micro = step * cfg.gradient_accumulation_steps
     while step < cfg.max_train_steps:

@@ -178,6 +178,30 @@ def test_openpose_network_loads_the_released_layout_and_runs(pose_file):
     assert heat.std() > 0 and paf.std() > 0
 
 
+def test_load_estimators_fetches_all_three_files_at_once(hub_folder, pose_file, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub
+
+    from ootd_lib.estimators import load_estimators
+
+    root = tmp_path / "ootd"
+    for f, src in ((ATR_FILE, hub_folder / ATR_FILE), (LIP_FILE, hub_folder / LIP_FILE), (POSE_FILE, pose_file)):
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / f)
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, allow_patterns: calls.append((repo_id, sorted(allow_patterns))) or str(root))
+    parser, pose = load_estimators(device="cpu")  # default: the released repo, one download for both models
+    assert calls == [("levihsu/OOTDiffusion", sorted([ATR_FILE, LIP_FILE, POSE_FILE]))]
+    assert isinstance(parser, HumanParser) and isinstance(pose, OpenPoseBody)
+    parser, pose = load_estimators(root)  # a local folder: no download
+    assert len(calls) == 1 and parser(Image.fromarray(person_image())).shape == (512, 384)
+    (root / POSE_FILE).unlink()
+    with pytest.raises(WeightsError, match="body_pose_model.pth"):
+        load_estimators(root)
+
+
 def test_openpose_weight_file_errors(pose_file, tmp_path):
     cut = tmp_path / "body_pose_model.pth"
     cut.write_bytes(pose_file.read_bytes()[:100_000])

@@ -6,10 +6,10 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from ootd_lib.errors import InputError
-from ootd_lib.fusion import OutfittingFusion, transformer_block_names
+from ootd_lib.errors import InputError, UnsupportedError
+from ootd_lib.fusion import FusedSelfAttnProcessor, OutfittingFusion, transformer_block_names
 from ootd_lib.models import OOTDModel, toy_unet_config
 
 H, W, D = 16, 12, 64  # latent size, prompt width
@@ -183,3 +183,40 @@ def test_mismatched_unets_are_refused():
     cfg["up_block_types"] = ("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D")
     with pytest.raises(InputError, match="structure"):
         OutfittingFusion(UNet2DConditionModel(**cfg), UNet2DConditionModel(**toy_unet_config(4, vton=True)))
+
+
+@pytest.mark.parametrize("option, attention_kwargs", [
+    ("norm_q, norm_k", dict(qk_norm="layer_norm")),
+    ("group_norm", dict(norm_num_groups=4)),
+    ("spatial_norm", dict(spatial_norm_dim=8)),
+])
+def test_attention_options_the_fusion_does_not_implement_are_refused(option, attention_kwargs):
+    # a stand-alone layer with the option: the processor refuses it instead of skipping the normalisation
+    attn = Attention(query_dim=32, heads=2, dim_head=16, **attention_kwargs)
+    proc = FusedSelfAttnProcessor(torch.nn.LayerNorm(32))
+    with pytest.raises(UnsupportedError, match=option):
+        proc(attn, torch.randn(1, 6, 32))
+    # the same option on a vton UNet's self-attention: refused when the fusion is installed, naming the layer
+    garm, vton = tiny_unets()
+    name = transformer_block_names(vton)[2]
+    for o in option.split(", "):
+        setattr(vton.get_submodule(name).attn1, o, getattr(attn, o))
+    with pytest.raises(UnsupportedError, match=f"{name}.attn1 uses {option}"):
+        OutfittingFusion(garm, vton)
+
+
+def test_cross_attention_kwargs_are_refused_while_fused():
+    garm, vton = tiny_unets()
+    noisy, t, person, garment, prompt = inputs(1)
+    x = torch.cat([noisy, person], 1)
+    fusion = OutfittingFusion(garm, vton)
+    with torch.no_grad():
+        fusion.set_garment(fusion.garment_states(garment, prompt))
+        with pytest.raises(UnsupportedError, match=r"cross_attention_kwargs \['ip_adapter_masks'\]"):
+            vton(x, t, prompt, cross_attention_kwargs={"ip_adapter_masks": None})
+        with pytest.raises(NotImplementedError):  # still a NotImplementedError for callers that catch that
+            vton(x, t, prompt, None, None, None, {"temb": None})  # positional cross_attention_kwargs too
+        fused = vton(x, t, prompt).sample
+        torch.testing.assert_close(vton(x, t, prompt, cross_attention_kwargs={"scale": 1.0}).sample, fused)  # LoRA
+        fusion.remove()
+        vton(x, t, prompt, cross_attention_kwargs={"ip_adapter_masks": None})  # the stock UNet again: no hook left
