@@ -12,6 +12,7 @@ unet_vton, scheduler`` — exactly the components of ``OOTDPipeline``.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch

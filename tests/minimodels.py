@@ -79,7 +79,7 @@ def mini_kl_vae(latent_channels: int = TOY_LATENT_CHANNELS, seed: int = 0):
         torch.manual_seed(seed + 3)
         return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, layers_per_block=1,
                              block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-                             up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=512).eval()
+                             up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=128).eval()
 
 
 def write_mini_official(root, variants=("hd", "dc"), seed: int = 0, with_clip: bool = True,
