@@ -144,6 +144,8 @@ def evaluate(pipe, dataset, steps: int = 20, scale: float = 2.0, seed: int = 0, 
     """
     from tqdm.auto import tqdm
 
+    if limit is not None and int(limit) < 1:
+        raise InputError(f"limit={limit} must be >= 1 (None: every pair)")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise InputError("evaluate: the dataset is empty (check --data, --layout and --pairing)")
@@ -194,18 +196,25 @@ def format_metrics(result: dict) -> str:
 
 
 def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired", out="results.json", steps=20,
-                      scale=2.0, seed=0, limit=None, device=None) -> dict:
-    """``ootd evaluate``: the test split of a dataset through a pipeline folder (default: the shipped toy checkpoint)."""
+                      scale=2.0, seed=0, limit=None, device=None, variant=None) -> dict:
+    """``ootd evaluate``: the test split of a dataset through a pipeline folder (default: the shipped toy checkpoint).
+    The options, the data folder and the output path are checked before the model loads."""
     from .config import TOY_CHECKPOINT
-    from .data import DressCodeDataset, VitonHDDataset
+    from .data import DressCodeDataset, VitonHDDataset, check_output_file
     from .errors import DataError
-    from .pipeline import OOTDPipeline, pick_device
+    from .pipeline import load_pipeline, pick_device
     from .training import MaskedTryOnDataset
 
     if data is None or not Path(data).is_dir():
         raise DataError(f"--data {data} is not a folder; pass a dataset root (make a toy one with `ootd toy-data`)")
-    pipe = OOTDPipeline.from_pretrained(model or TOY_CHECKPOINT)
-    pipe.to(pick_device(device))
+    if limit is not None and int(limit) < 1:
+        raise InputError(f"--limit must be >= 1, got {limit} (leave it out to evaluate every pair)")
+    if int(steps) < 1:
+        raise InputError(f"--steps must be >= 1, got {steps}")
+    device = pick_device(device)
+    check_output_file(out, what="--out")
+    pipe = load_pipeline(model, variant=variant)
+    pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     size = (pipe.config.height, pipe.config.width)
     base = (VitonHDDataset(data, "test", pairing, size=size) if layout == "vitonhd"
