@@ -8,8 +8,10 @@ Heavy modules are imported lazily so ``import ootd_lib`` stays fast.
 from .errors import (  # noqa: F401
     ConfigError,
     DataError,
+    ImageFileError,
     InputError,
     OOTDError,
+    OOTDWarning,
     PoseError,
     TrainingError,
     UnsupportedError,

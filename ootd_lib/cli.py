@@ -1,16 +1,18 @@
 """The ``ootd`` command: demo, toy-data, mask, tryon, train, evaluate.
 
 Each sub-command only parses arguments and calls one library function, so everything the CLI does is also a
-plain Python call in the notebooks. ``OOTDError``s are printed as one line (exit code 2), not as tracebacks.
+plain Python call in the notebooks. ``OOTDError``s are printed as one line (exit code 2), not as tracebacks, and
+``OOTDWarning``s as one ``warning:`` line. What the user passed is checked before any model loads.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import OOTDError
+from .errors import OOTDError, OOTDWarning
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -22,16 +24,22 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _run_toy_data(args):
+    from .data import check_output_dir
     from .toydata import generate_toy_dataset
 
+    check_output_dir(args.out, "toy data folder")
     root = generate_toy_dataset(args.out, layout=args.layout, n_train=args.train, n_test=args.test,
-                                seed=args.seed, size=args.size, progress=not args.quiet)
+                                seed=args.seed, size=args.size, progress=not args.quiet, overwrite=args.force)
     print(f"toy {args.layout} dataset written to {root}")
 
 
 def _run_mask(args):
     from .masking import mask_person_file
 
+    if args.device:  # only the released estimators use it; check it before they load
+        from .pipeline import pick_device
+
+        pick_device(args.device)
     mask_person_file(args.person, category=args.category, model_type=args.model_type, weights=args.weights,
                      out=args.out, device=args.device)
 
@@ -94,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=_size, default=(256, 192), help="H x W of the written images (default 256x192)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--force", action="store_true", help="write into a non-empty folder that holds no toy data")
     s.set_defaults(func=_run_toy_data)
 
     s = sub.add_parser("mask", help="agnostic mask for a person image (toy: dataset parse + keypoints; "
@@ -114,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--model", default=None, help="pipeline folder (default: the shipped toy checkpoint)")
     g.add_argument("--official", default=None, help="released checkpoints folder or hub repo id (levihsu/OOTDiffusion)")
-    s.add_argument("--variant", choices=["hd", "dc"], default="hd")
+    s.add_argument("--variant", choices=["hd", "dc"], default=None,
+                   help="UNets of a released-layout folder (default: hd, or the only one the folder holds)")
     s.add_argument("--weights", default=None, help="parser/OpenPose weights folder for the mask (official only)")
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--scale", type=float, default=2.0)
@@ -148,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--scale", type=float, default=2.0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--variant", choices=["hd", "dc"], default=None,
+                   help="UNets of a released-layout folder (default: dc for --layout dresscode, else hd)")
     s.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs (per category)")
-    s.add_argument("--variant", choices=["hd", "dc"], default=None, help="default: dc for --layout dresscode, else hd")
     s.add_argument("--untrained", action="store_true",
                    help="the same model with freshly initialised UNets (the untrained reference)")
     s.add_argument("--device", default=None)
@@ -160,11 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except OOTDError as exc:
-        print(f"ootd {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        default_show = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, OOTDWarning):  # tqdm.write: on its own line even while a progress bar runs
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"ootd {args.command}: warning: {message}", file=sys.stderr)
+            else:
+                default_show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        try:
+            args.func(args)
+        except OOTDError as exc:
+            print(f"ootd {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -8,6 +8,9 @@ do not silently fall back to defaults.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,10 +67,10 @@ class Config:
     use_ema: bool = False
     ema_decay: float = 0.9999
     num_workers: int = 0
-    checkpointing_steps: int = 1000
-    checkpoints_total_limit: int = 3
-    log_every: int = 10
-    sample_every: int = 1000
+    checkpointing_steps: int = 1000  # >= 1 (a final checkpoint is always written)
+    checkpoints_total_limit: int = 3  # 0 keeps all
+    log_every: int = 10  # >= 1
+    sample_every: int = 1000  # 0 = no sample grids
     max_nonfinite_in_a_row: int = 5
     report_to: str = "csv"  # csv | tensorboard | csv,tensorboard
     lr_scheduler: str = "constant"  # any diffusers.optimization.get_scheduler name (constant, cosine, ...)
@@ -90,16 +93,35 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried along (never interpreted)
 
     def __post_init__(self):
-        self.resolution = tuple(int(v) for v in self.resolution)
-        self.categories = tuple(self.categories)
-        if self.vae_pretrain_crop is not None:
-            self.vae_pretrain_crop = tuple(int(v) for v in self.vae_pretrain_crop)
         self.validate()
 
     def validate(self) -> None:
+        """Check every field's type (YAML lists become tuples, integers floats), length, range and allowed values;
+        a :class:`ConfigError` names the key, the value and what is expected."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+
         def check(name, value, allowed):
             if value not in allowed:
                 raise ConfigError(f"config field {name}={value!r} is not one of {allowed}")
+
+        def at_least(low, *names):
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and value < low:
+                    raise ConfigError(f"config field {name}={value!r} must be >= {low}")
+
+        def positive(*names):
+            for name in names:
+                if not getattr(self, name) > 0:
+                    raise ConfigError(f"config field {name}={getattr(self, name)!r} must be > 0")
+
+        def fraction(*names, top_open=False):
+            for name in names:
+                value = getattr(self, name)
+                if not (0.0 <= value < 1.0 if top_open else 0.0 <= value <= 1.0):
+                    raise ConfigError(f"config field {name}={value!r} must be in [0, 1{')' if top_open else ']'}")
 
         check("profile", self.profile, PROFILES)
         check("model_type", self.model_type, MODEL_TYPES)
@@ -110,11 +132,23 @@ class Config:
         for c in self.categories:
             check("categories[]", c, CATEGORIES)
         h, w = self.resolution
-        if len(self.resolution) != 2 or h % 8 or w % 8:
-            raise ConfigError(f"config field resolution={self.resolution!r} must be (H, W), both multiples of 8")
+        if h <= 0 or w <= 0 or h % 8 or w % 8:
+            raise ConfigError(f"config field resolution={list(self.resolution)!r} must be [H, W], both positive "
+                              "multiples of 8")
+        if self.vae_pretrain_crop is not None and min(self.vae_pretrain_crop) <= 0:
+            raise ConfigError(f"config field vae_pretrain_crop={list(self.vae_pretrain_crop)!r} must be [H, W] > 0 "
+                              "or null (whole images)")
+        # 0 would mean "never", but the training loop divides by them: a checkpoint and a log line every N >= 1 steps
+        at_least(1, "max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                 "log_every", "max_nonfinite_in_a_row", "sample_pairs", "num_inference_steps",
+                 "vae_pretrain_batch_size", "torch_threads")
+        at_least(0, "lr_warmup_steps", "toy_train", "toy_test", "num_workers", "checkpoints_total_limit",
+                 "sample_every", "vae_pretrain_steps", "max_grad_norm", "adam_weight_decay",
+                 "vae_pretrain_l1_weight", "image_guidance_scale")
+        positive("learning_rate", "adam_epsilon", "vae_pretrain_lr")
+        fraction("adam_beta1", "adam_beta2", top_open=True)
         # p = 1 (garment always dropped) is allowed for the ablation baseline only: such a model ignores the garment
-        if not 0.0 <= self.outfitting_dropout <= 1.0:
-            raise ConfigError(f"config field outfitting_dropout={self.outfitting_dropout} must be in [0, 1]")
+        fraction("outfitting_dropout", "ema_decay")
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -148,7 +182,10 @@ class Config:
             raise ConfigError(f"config file {path} must hold a mapping of config keys")
         values.update({k: v for k, v in overrides.items() if v is not None})
         profile = values.pop("profile", "toy")
-        return cls.for_profile(profile, **values)
+        try:
+            return cls.for_profile(profile, **values)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -159,6 +196,69 @@ class Config:
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _expected(tp) -> str:
+    """How a type reads in an error message."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a) for a in args if a is not type(None)) + " or null"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_expected(args[0]).split(' ', 1)[1]}s"
+        return f"a list of {len(args)} {_expected(args[0]).split(' ', 1)[1]}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            dict: "a mapping"}.get(origin or tp, str(tp))
+
+
+def _coerce(name: str, value, tp):
+    """``value`` checked against the annotation ``tp`` of field ``name``: lists → tuples, integers → floats."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # our unions are all "X | None"
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        try:
+            return _coerce(name, value, inner)
+        except ConfigError:
+            raise ConfigError(f"config field {name}={value!r} must be {_expected(tp)}") from None
+    if tp is Any:
+        return value
+    bad = ConfigError(f"config field {name}={value!r} must be {_expected(tp)}, got {type(value).__name__}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(value) != len(items):
+            raise ConfigError(f"config field {name}={list(value)!r} must be {_expected(tp)}, got {len(value)} item(s)")
+        try:
+            return tuple(_coerce(name, v, a) for v, a in zip(value, items))
+        except ConfigError:
+            raise bad from None
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise bad
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise bad
+        return float(value)
+    if tp is str and not isinstance(value, str):
+        raise bad
+    return value
 
 
 _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {

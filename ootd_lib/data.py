@@ -21,15 +21,17 @@ nothing is skipped silently.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import CATEGORIES
-from .errors import DataError, InputError
+from .errors import DataError, ImageFileError, InputError
 
 ATR_LABELS = ["background", "hat", "hair", "sunglasses", "upper-clothes", "skirt", "pants", "dress", "belt",
               "left-shoe", "right-shoe", "face", "left-leg", "right-leg", "left-arm", "right-arm", "bag", "scarf"]
@@ -55,27 +57,159 @@ DRESSCODE_UNPAIRED_DIR = "tryon_unpaired"  # toy only
 
 
 # --- files ---------------------------------------------------------------------------------------------------------
-def _open_image(path) -> Image.Image:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image file {path} does not exist; check the dataset root and layout (data/README.md)")
+# Decoding more pixels than this needs gigabytes (PIL itself gives up at 179 MP): such pictures are refused (a JPEG
+# decoded reduced, see ``max_side``, counts at its reduced size)
+MAX_DECODE_PIXELS = 64_000_000
+# What the CLI and the pipeline decode photos down to (by 2, 4 or 8, longer side kept >= this): the models and the mask
+# estimators see at most 1024 px
+LOAD_MAX_SIDE = 2048
+_FIX = "re-download or re-export it as PNG or JPEG"
+
+
+def _reduction(size, max_side) -> int:
+    """The largest power-of-two factor (at most 8, what JPEG can decode at) keeping the longer side >= max_side."""
+    factor = 1
+    while max_side and factor < 8 and max(size) // (2 * factor) >= max_side:
+        factor *= 2
+    return factor
+
+
+def _label(source, label: str | None) -> str:
+    return label or (f"image file {source}" if isinstance(source, (str, Path)) else "image")
+
+
+def _open_image(source, max_side: int | None = None, label: str | None = None) -> Image.Image:
+    """Open and decode an image: a path, or a binary file object named by ``label`` (e.g. an upload).
+
+    Every failure is one :class:`ImageFileError` naming the file: missing, a folder, empty, not an image, truncated,
+    too large. ``max_side``: an image whose longer side is at least twice ``max_side`` is decoded reduced by a power
+    of two (JPEG: inside the decoder with ``Image.draft``, so the full-size picture never exists in memory; other
+    formats: ``Image.reduce`` right after decoding), its longer side staying >= ``max_side``.
+    """
+    label = _label(source, label)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            raise ImageFileError(f"{label} is a directory, not an image; pass one image file inside it")
+        if not path.is_file():
+            raise ImageFileError(f"{label} does not exist; check the path (for a dataset: its root and layout, "
+                                 "data/README.md)")
+        if path.stat().st_size == 0:
+            raise ImageFileError(f"{label} is unreadable or corrupt (an empty file, 0 bytes); {_FIX}")
     try:
-        img = Image.open(path)
+        img = Image.open(source)
+        factor = _reduction(img.size, max_side)
+        if factor > 1 and img.format == "JPEG" and img.draft(img.mode, (img.width // factor, img.height // factor)):
+            factor = 1  # the decoder scales by exactly this factor (DCT scaling)
+        if img.width * img.height > MAX_DECODE_PIXELS:
+            raise ImageFileError(f"{label} is {img.width}×{img.height} px, more than {MAX_DECODE_PIXELS // 10**6} "
+                                 "megapixels; scale it down first")
         img.load()  # decode now, so a truncated file fails here and not deep inside a DataLoader worker
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"image file {path} is unreadable or corrupt ({exc}); re-download or regenerate it") from exc
+        if factor > 1:
+            img = img.reduce(factor)
+    except ImageFileError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError: OSError
+        if isinstance(exc, UnidentifiedImageError):  # its text repeats the path
+            reason = "not in an image format PIL can read"
+        else:
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise ImageFileError(f"{label} is unreadable or corrupt ({reason}); {_FIX}") from exc
     return img
 
 
-def load_rgb(path) -> Image.Image:
-    """Open an image as RGB. Grayscale and CMYK are converted; transparency is composited onto white (the in-shop
-    background convention)."""
-    img = _open_image(path)
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation of a camera photo (the pixels are stored sideways, the tag says how to turn them)."""
+    try:
+        if img.getexif().get(0x0112, 1) != 1:
+            return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a decodable picture unusable
+        pass
+    return img
+
+
+def to_rgb(img: Image.Image, background=(255, 255, 255), what: str = "image") -> Image.Image:
+    """Any PIL image → RGB. 16-bit (and 32-bit integer) grayscale is scaled to 8 bits (a plain ``convert`` clips it
+    to white); transparency (RGBA, LA, PA, a palette or tRNS entry) is composited onto ``background`` — white, the
+    in-shop convention — *before* the alpha is dropped; CMYK, palette and grayscale are converted."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        a = np.asarray(img).astype(np.float64)
+        if img.mode == "F" and a.size and a.max() <= 1.0:
+            a = a * 255  # float images in [0, 1]
+        elif img.mode != "F" and (img.mode != "I" or (a.size and a.max() > 255)):
+            a = a / 257  # 0..65535 → 0..255 (an 'I' image already in 0..255 is kept)
+        img = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise InputError(f"{what} has colour mode {img.mode!r}, which cannot be converted to RGB ({exc}); save it as "
+                         "an RGB PNG or JPEG") from exc
+
+
+def load_rgb(source, max_side: int | None = None, label: str | None = None) -> Image.Image:
+    """The one image loader (CLI, pipeline, datasets, playground): a file (path, or binary file object named by
+    ``label``) as an upright RGB PIL image, or an :class:`ImageFileError` naming it.
+
+    EXIF orientation is applied; colour modes go through :func:`to_rgb` (16-bit scaled, transparency on white);
+    ``max_side`` reduces huge pictures while decoding (see :func:`_open_image`)."""
+    return to_rgb(_upright(_open_image(source, max_side, label)), what=_label(source, label))
+
+
+def load_mask(source, max_side: int | None = None, label: str | None = None) -> Image.Image:
+    """A mask file (white = repaint) as PIL 'L', loaded like :func:`load_rgb` (same reduction, so a mask of a huge
+    photo keeps matching it); transparent pixels count as black (keep), not as their hidden colour."""
+    return to_rgb(_upright(_open_image(source, max_side, label)), (0, 0, 0), _label(source, label)).convert("L")
+
+
+# --- output paths (checked before any work, so a typo costs seconds, not a whole run) ---------------------------------
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _can_create_in(folder: Path) -> bool:
+    try:  # the only reliable test (root passes os.access everywhere, /proc and read-only mounts still refuse)
+        fd, probe = tempfile.mkstemp(prefix=".ootd-write-test-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(probe)
+    return True
+
+
+def _check_writable(folder: Path, target: Path, what: str):
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{what} {target} cannot be written: {existing} is a file, not a folder")
+    if not _can_create_in(existing):
+        raise InputError(f"{what} {target} cannot be written: files cannot be created in {existing}; choose another "
+                         "location")
+
+
+def check_output_dir(path, what: str = "output folder") -> Path:
+    """``path`` if it is a folder files can be written to, or one that can be created; else an :class:`InputError`.
+    Nothing is created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is a file, not a folder")
+    _check_writable(path, path, what)
+    return path
+
+
+def check_output_file(path, suffixes=None, what: str = "output file") -> Path:
+    """``path`` if a file can be written there and its name ends in one of ``suffixes`` (the format is taken from
+    it); else an :class:`InputError`. Nothing is created."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise InputError(f"{what} {path} must end in {' / '.join(suffixes)} (the file type is taken from the "
+                         "extension)")
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory; pass a file name inside it")
+    _check_writable(path.parent, path, what)
+    return path
 
 
 def load_label_map(path) -> np.ndarray:
@@ -99,9 +233,13 @@ def _read_json(path) -> dict:
     if not path.is_file():
         raise DataError(f"keypoint file {path} does not exist; check the dataset root and layout (data/README.md)")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"keypoint file {path} is not valid JSON ({exc}); re-download or regenerate it") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"keypoint file {path} holds a JSON {type(data).__name__}, expected an object (OpenPose: "
+                        '{"people": [...]}, Dress Code: {"keypoints": [...]}); re-download or regenerate it')
+    return data
 
 
 # --- conversions ---------------------------------------------------------------------------------------------------
@@ -195,12 +333,16 @@ def _vitonhd_annotations(split_dir: Path, stem: str, native_hw, size):
                         f"(data/README.md)")
     path = parse_dir / f"{stem}.png"
     parse = _to_canonical(load_label_map(path), LIP_TO_CANONICAL, path)
-    pose = _read_json(pose_dir / f"{stem}_keypoints.json")
-    people = pose.get("people") or []
-    body = people[0].get("pose_keypoints_2d") if people else None
-    if not body:  # OpenPose found nobody: every joint is missing
-        body = np.zeros((25, 3), np.float32)
-    keypoints = body25_to_coco18(body, native_hw, size or native_hw)
+    kp_path = pose_dir / f"{stem}_keypoints.json"
+    people = _read_json(kp_path).get("people") or []
+    try:
+        body = people[0].get("pose_keypoints_2d") if people else None
+        if not body:  # OpenPose found nobody: every joint is missing
+            body = np.zeros((25, 3), np.float32)
+        keypoints = body25_to_coco18(body, native_hw, size or native_hw)
+    except (AttributeError, TypeError, ValueError) as exc:  # InputError is a ValueError
+        raise DataError(f"keypoint file {kp_path} is not OpenPose BODY_25 output ({exc}); expected "
+                        '{"people": [{"pose_keypoints_2d": [75 numbers]}]}; re-download or regenerate it') from exc
     return resize_nearest(parse, size), keypoints
 
 
@@ -211,7 +353,10 @@ def _dresscode_annotations(cat_dir: Path, base: str, size, native_hw):
     rows = _read_json(kp_path).get("keypoints")
     if rows is None:
         raise DataError(f"keypoint file {kp_path} has no 'keypoints' entry; expected Dress Code's format")
-    keypoints = dresscode_keypoints_to_coco18(rows, size or native_hw)
+    try:
+        keypoints = dresscode_keypoints_to_coco18(rows, size or native_hw)
+    except (TypeError, ValueError) as exc:  # InputError is a ValueError
+        raise DataError(f"keypoint file {kp_path}: {exc}; expected Dress Code's 18 rows of [x, y, score, id]") from exc
     return resize_nearest(parse, size or native_hw), keypoints
 
 
@@ -283,7 +428,7 @@ class _TryOnDataset(torch.utils.data.Dataset):
     def _garment_mask(self, paths: dict, garment: Image.Image) -> np.ndarray:
         if paths.get("garment_mask") is None:
             return garment_mask_from_image(garment)
-        return np.asarray(_open_image(paths["garment_mask"]).convert("L")) > 127
+        return np.asarray(load_mask(paths["garment_mask"])) > 127
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):

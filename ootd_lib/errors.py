@@ -17,6 +17,12 @@ class InputError(OOTDError, ValueError):
     """An image, mask or argument passed to a function is unusable (size, mode, range, category...)."""
 
 
+class ImageFileError(InputError, DataError):
+    """An image file is missing, a folder, empty, not an image or corrupt (from :func:`ootd_lib.data.load_rgb`).
+
+    Both an :class:`InputError` (a file the user passed) and a :class:`DataError` (a file inside a dataset)."""
+
+
 class WeightsError(OOTDError):
     """A weight file is missing, a Git-LFS pointer, truncated or not a valid model."""
 
@@ -31,3 +37,8 @@ class PoseError(OOTDError):
 
 class TrainingError(OOTDError):
     """Training cannot continue (e.g. too many non-finite losses in a row, bad resume checkpoint)."""
+
+
+class OOTDWarning(UserWarning):
+    """Something works but is probably not what the user wants (an hd model on lower-body garments, an empty mask, a
+    picture far from 3:4). The CLI prints these as one ``ootd <command>: warning: ...`` line."""

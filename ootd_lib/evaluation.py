@@ -292,6 +292,8 @@ def evaluate(pipe, dataset, steps: int = 20, scale: float = 2.0, seed: int = 0, 
     """
     from tqdm.auto import tqdm
 
+    if limit is not None and int(limit) < 1:
+        raise InputError(f"limit={limit} must be >= 1 (None: every pair)")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise InputError("evaluate: the dataset is empty (check --data, --layout and --pairing)")
@@ -346,29 +348,33 @@ def format_metrics(result: dict) -> str:
 def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired", out="results.json", steps=20,
                       scale=2.0, seed=0, limit=None, device=None, variant=None, untrained=False) -> dict:
     """``ootd evaluate``: the test split of a dataset through a pipeline folder (default: the shipped toy checkpoint).
+    The options, the data folder and the output path are checked before the model loads.
 
     On a toy wardrobe (its ``toy_info.json`` beside the data) with unpaired pairs, the toy try-on metrics of
     :func:`evaluate_toy` are measured per category too. ``untrained``: the same VAE and encoders with freshly
     initialised UNets (the reference a trained model is compared with)."""
     from .config import TOY_CHECKPOINT
-    from .data import DressCodeDataset, VitonHDDataset
+    from .data import DressCodeDataset, VitonHDDataset, check_output_file
     from .errors import DataError
-    from .pipeline import OOTDPipeline, pick_device
+    from .pipeline import load_pipeline, pick_device
     from .training import MaskedTryOnDataset
 
     if data is None or not Path(data).is_dir():
         raise DataError(f"--data {data} is not a folder; pass a dataset root (make a toy one with `ootd toy-data`)")
+    if limit is not None and int(limit) < 1:
+        raise InputError(f"--limit must be >= 1, got {limit} (leave it out to evaluate every pair)")
+    if int(steps) < 1:
+        raise InputError(f"--steps must be >= 1, got {steps}")
+    device = pick_device(device)
+    check_output_file(out, what="--out")
     variant = variant or ("dc" if layout == "dresscode" else "hd")
-    folder = Path(model or TOY_CHECKPOINT)
-    released = (folder / "checkpoints" / "ootd").is_dir() or (folder / "ootd").is_dir()
-    # a released-layout folder holds both variants; a save_pretrained folder holds one (its config names it)
-    pipe = OOTDPipeline.from_pretrained(folder, **({"variant": variant} if released else {}))
+    pipe = load_pipeline(model, variant=variant)
     if untrained:
         from .models import build_toy_components
 
         fresh = build_toy_components(seed)
         pipe.register_modules(unet_garm=fresh["unet_garm"], unet_vton=fresh["unet_vton"])
-    pipe.to(pick_device(device))
+    pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     size = (pipe.config.height, pipe.config.width)
     info_path = Path(data) / "toy_info.json"

@@ -5,6 +5,8 @@ a Git-LFS pointer or a truncated download that later surfaces as an obscure INVA
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 from typing import Iterable
 
@@ -27,10 +29,11 @@ def redownload_hint(filename: str, repo_id: str = OFFICIAL_REPO) -> str:
 
 
 def check_weight_file(path: str | Path, filename: str | None = None, repo_id: str = OFFICIAL_REPO,
-                      min_bytes: int = 1) -> Path:
+                      min_bytes: int = 1, complete: bool = False) -> Path:
     """Return ``path`` if it looks like a real weight file, else raise a one-line ``WeightsError``.
 
-    ``filename`` is the path inside the hub repo, used in the re-download hint.
+    ``filename`` is the path inside the hub repo, used in the re-download hint. ``complete``: also check from the
+    file's own structure that it is not cut short (safetensors and ``torch.save`` zip files; see :func:`_truncation`).
     """
     path = Path(path)
     hint = redownload_hint(filename or path.name, repo_id)
@@ -41,7 +44,32 @@ def check_weight_file(path: str | Path, filename: str | None = None, repo_id: st
     if path.stat().st_size < min_bytes:
         raise WeightsError(f"weight file {path} is truncated ({path.stat().st_size} bytes, expected at least "
                            f"{min_bytes}); {hint}")
+    why = _truncation(path) if complete else None
+    if why:
+        raise WeightsError(f"weight file {path} is truncated or incomplete ({why}); {hint}")
     return path
+
+
+def _truncation(path: Path) -> str | None:
+    """Why a weight file is cut short, or None. Cheap (no tensor is read): a safetensors header states where its
+    last tensor ends; the zip archive ``torch.save`` writes (``.bin``, ``.pth``) ends with a central directory."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if path.suffix == ".safetensors":
+            n = int.from_bytes(head, "little") if len(head) == 8 else None
+            if n is None or 8 + n > size:
+                return f"{size} bytes, the header is cut off"
+            try:
+                header = json.loads(f.read(n))
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                return "the header is not a safetensors header"
+            if 8 + n + end > size:
+                return f"{size} bytes, the header promises {8 + n + end}"
+        elif head[:2] == b"PK" and not zipfile.is_zipfile(path):
+            return f"{size} bytes, the zip archive has no end record"
+    return None
 
 
 def resolve_files(source: str | Path, filenames: Iterable[str], repo_id: str | None = None) -> Path:

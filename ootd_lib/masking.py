@@ -237,12 +237,11 @@ def mask_person_file(person, category: str = "upper_body", model_type: str = "hd
     weights are needed; any other photo goes through the released human parser and OpenPose (``weights``: a local
     folder laid out like levihsu/OOTDiffusion, or the hub repo id).
     """
-    from .data import find_annotations, load_rgb
+    from .data import LOAD_MAX_SIDE, check_output_file, find_annotations, load_rgb
 
     person = Path(person)
-    if not person.is_file():
-        raise InputError(f"person image {person} does not exist")
-    image = load_rgb(person)
+    image = load_rgb(person, LOAD_MAX_SIDE)  # missing, a folder, not an image: one ImageFileError naming the file
+    out = check_output_file(out, (".png",), "--out")  # a mask must be lossless
     ann = find_annotations(person)
     if ann is None:
         parse, keypoints = _estimate_annotations(image, weights, device)
@@ -251,7 +250,6 @@ def mask_person_file(person, category: str = "upper_body", model_type: str = "hd
     mask = agnostic_mask(parse, keypoints, category, model_type)
     if mask.shape != (image.height, image.width):  # annotations at another size: bring the mask to the photo's size
         mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.NEAREST)) > 0
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     masked_out = out.with_name(out.stem + "_masked.png")
     Image.fromarray(mask.astype(np.uint8) * 255).save(out)

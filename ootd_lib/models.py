@@ -18,19 +18,23 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel, UniPCMultistepScheduler
 from torch import nn
-from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
-                          CLIPVisionModelWithProjection)
-
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.utils import logging as transformers_logging
+
+try:  # transformers >= 5: the PIL implementation by name. There the plain name means the torchvision backend, which
+    # warns on every run and falls back to PIL when torchvision is missing; we feed it PIL images anyway.
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # transformers 4: CLIPImageProcessor is the PIL implementation
+    from transformers import CLIPImageProcessor
 
 from .errors import InputError, WeightsError
 from .fusion import OutfittingFusion
-from .hub import CLIP_REPO, OFFICIAL_REPO, check_weight_file, resolve_files
+from .hub import CLIP_REPO, OFFICIAL_REPO, check_weight_file, redownload_hint, resolve_files
 
 __all__ = ["OOTDModel", "build_toy_components", "build_sd15_components", "load_official_components", "widen_conv_in",
            "make_scheduler", "make_noise_scheduler", "toy_unet_config", "TOY_TOKENIZER", "COMPONENT_NAMES",
            "OFFICIAL_CHECKPOINT", "load_profile_components", "save_components", "add_variant", "load_vae",
-           "vae_factor",
+           "vae_factor", "official_variant",
            "notebook_components"]
 
 COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet_garm", "unet_vton",
@@ -197,6 +201,9 @@ def build_toy_components(seed: int = 0) -> dict:
 # --- loading helpers ---
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _MODEL_FOLDERS = {"", "vae", "text_encoder", "unet", "unet_garm", "unet_vton"}  # folders that must hold weights
+# the config file each component folder cannot load without (by the folder's last name; "" = a CLIP repo's root)
+_CONFIG_FILES = {**{name: "config.json" for name in _MODEL_FOLDERS}, "scheduler": "scheduler_config.json",
+                 "feature_extractor": "preprocessor_config.json"}
 
 
 def _weight_files(names: list[str], want_fp16: bool) -> list[str]:
@@ -248,6 +255,10 @@ def _select_files(source, subfolders: list[str], repo_id: str, torch_dtype) -> t
         if not names:
             raise WeightsError(f"{source}: the folder {sub}/ is missing or empty; download it from "
                                f"https://huggingface.co/{repo_id}/tree/main/{sub}")
+        config = _CONFIG_FILES.get(sub.rsplit("/", 1)[-1])
+        if config and config not in names:
+            rel = f"{sub}/{config}".lstrip("/")
+            raise WeightsError(f"{source}: {rel} is missing, the folder is incomplete; {redownload_hint(rel, repo_id)}")
         weights = _weight_files(names, _is_fp16(torch_dtype))
         if not weights and sub.rsplit("/", 1)[-1] in _MODEL_FOLDERS:
             raise WeightsError(f"{source}: {sub or 'the folder'}/ holds no weight file (.safetensors or .bin); "
@@ -258,7 +269,7 @@ def _select_files(source, subfolders: list[str], repo_id: str, torch_dtype) -> t
     root = resolve_files(source, patterns, repo_id=repo_id)
     for pat in patterns:
         if pat.endswith(_WEIGHT_SUFFIXES):
-            check_weight_file(root / pat, pat, repo_id=repo_id)
+            check_weight_file(root / pat, pat, repo_id=repo_id, complete=True)
     return root, variants
 
 
@@ -327,17 +338,36 @@ def _official_root(path_or_repo) -> tuple[str | Path, str]:
     return path_or_repo, "checkpoints/"
 
 
-def load_official_components(path_or_repo=OFFICIAL_REPO, variant="hd", clip_model=None, torch_dtype=None,
+def official_variant(path_or_repo, variant: str | None = None) -> str:
+    """``variant`` (hd | dc) checked against what a local released-layout folder holds; ``None`` picks hd, or the
+    folder's only variant (a folder with just ``ootd_dc/`` needs no ``--variant dc``)."""
+    if variant is not None and variant not in ("hd", "dc"):
+        raise InputError(f"variant={variant!r} must be 'hd' (VITON-HD) or 'dc' (Dress Code)")
+    local = Path(str(path_or_repo)).expanduser()
+    if not local.is_dir():
+        return variant or "hd"
+    _, pre = _official_root(local)
+    held = [v for v in ("hd", "dc") if (local / pre / "ootd" / f"ootd_{v}").is_dir()]
+    if variant is None:
+        return held[0] if len(held) == 1 else "hd"
+    if held and variant not in held:
+        raise WeightsError(f"{local} holds only the {held[0]} variant ({pre}ootd/ootd_{held[0]}/), not {variant!r}; "
+                           f"pass --variant {held[0]}, or download {pre}ootd/ootd_{variant}/ from "
+                           f"https://huggingface.co/{OFFICIAL_REPO}")
+    return variant
+
+
+def load_official_components(path_or_repo=OFFICIAL_REPO, variant=None, clip_model=None, torch_dtype=None,
                              final_sigmas_type="sigma_min") -> dict:
-    """The released OOTDiffusion weights (``variant`` hd = VITON-HD half-body, dc = Dress Code full-body).
+    """The released OOTDiffusion weights (``variant`` hd = VITON-HD half-body, dc = Dress Code full-body; ``None``:
+    see :func:`official_variant`).
 
     ``path_or_repo``: a local folder laid out like the hub repo (or its ``checkpoints/`` folder), or a hub repo id;
     from the hub only the files of the chosen variant are downloaded. ``clip_model`` defaults to
     ``<root>/checkpoints/clip-vit-large-patch14`` when that folder exists, else ``openai/clip-vit-large-patch14``.
     fp16 weight files are used when ``torch_dtype`` is half precision and they exist.
     """
-    if variant not in ("hd", "dc"):
-        raise InputError(f"variant={variant!r} must be 'hd' (VITON-HD) or 'dc' (Dress Code)")
+    variant = official_variant(path_or_repo, variant)
     source, pre = _official_root(path_or_repo)
     unets = f"{pre}ootd/ootd_{variant}/{OFFICIAL_CHECKPOINT}"
     subs = [f"{pre}ootd/{s}" for s in ("vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor")]

@@ -28,6 +28,8 @@ Also here: :func:`tryon` (mask from the estimators when none is given) and :func
 
 from __future__ import annotations
 
+import math
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -39,22 +41,26 @@ from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNe
 from diffusers.schedulers import UniPCMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from .conditioning import decode_latents, encode_latents, encode_prompt, encode_repaint_target
 from .config import CATEGORIES, MODEL_TYPES, TOY_CHECKPOINT
-from .data import image_to_tensor, tensor_to_uint8
-from .errors import InputError, WeightsError
+from .data import (IMAGE_SUFFIXES, LOAD_MAX_SIDE, check_output_file, image_to_tensor, load_mask, load_rgb,
+                   tensor_to_uint8, to_rgb)
+from .errors import InputError, OOTDWarning, WeightsError
 from .fusion import OutfittingFusion, transformer_block_names
 from .guidance import cfg_combine, uses_cfg
 from .masking import masked_person
+from .models import CLIPImageProcessor
 from .progress import progress_enabled
 
 __all__ = ["OOTDPipeline", "tryon", "tryon_files", "load_toy_pipeline", "default_resolution", "prepare_images",
-           "prepare_masks", "repaint", "feathered_paste", "pick_device", "compute_mask"]
+           "prepare_masks", "repaint", "feathered_paste", "pick_device", "compute_mask", "load_pipeline"]
 
 OFFICIAL_RESOLUTION = (1024, 768)  # (H, W) of both released models
 TOY_RESOLUTION = (128, 96)  # the toy profile
+HD_UPPER_BODY_ONLY = ("the hd variant was trained on upper_body only (VITON-HD); lower_body and dresses try-ons need "
+                      "the dc variant (--variant dc)")
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------------
@@ -97,9 +103,7 @@ def _image_tensor(img, size, what: str) -> tuple[torch.Tensor, tuple[int, int]]:
     if isinstance(img, Image.Image):
         original = (img.height, img.width)
         h, w = size or original
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
-        img = img.convert("RGB")
+        img = to_rgb(img)  # 16-bit scaled, transparency on white
         if img.size != (w, h):
             img = img.resize((w, h), Image.BICUBIC)
         return image_to_tensor(img), original
@@ -124,7 +128,23 @@ def prepare_images(images, size, what: str = "image") -> tuple[torch.Tensor, lis
     if not items:
         raise InputError(f"{what}: got an empty batch")
     pairs = [_image_tensor(im, size, f"{what}[{i}]" if len(items) > 1 else what) for i, im in enumerate(items)]
+    if size is not None:
+        for i, (_, original) in enumerate(pairs):
+            _warn_if_stretched(original, size, f"{what}[{i}]" if len(items) > 1 else what)
     return torch.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+def _warn_if_stretched(original, size, what: str):
+    """The images are resized without keeping the aspect ratio (as released): say so when that visibly distorts."""
+    (h, w), (th, tw) = original, size
+    if min(h, w) < 32:
+        warnings.warn(f"{what} is only {w}×{h} px; it is stretched to {tw}×{th} and carries almost no detail",
+                      OOTDWarning, stacklevel=3)
+    elif not 2 / 3 <= (w / h) / (tw / th) <= 3 / 2:
+        g = math.gcd(tw, th)
+        warnings.warn(f"{what} is {w}×{h} px, far from the model's {tw // g}:{th // g} ({tw}×{th}); it is stretched "
+                      f"without keeping its aspect ratio: crop it to {tw // g}:{th // g} first", OOTDWarning,
+                      stacklevel=3)
 
 
 def _mask_tensor(mask, what: str) -> torch.Tensor:
@@ -164,6 +184,9 @@ def prepare_masks(masks, sizes: Sequence[tuple[int, int]], size) -> torch.Tensor
             raise InputError(f"{what} is {m.shape[-1]}×{m.shape[-2]} (W×H) but its person image is "
                              f"{person_size[1]}×{person_size[0]}; compute the mask on the same image")
         m = F.interpolate(m[None], size=tuple(size), mode="nearest")[0]
+        if not (m >= 0.5).any():
+            warnings.warn(f"{what} is empty (all black): nothing is repainted and the result is the person unchanged; "
+                          "white marks the region to repaint", OOTDWarning, stacklevel=2)
         out.append((m >= 0.5).float())
     return torch.stack(out)
 
@@ -247,15 +270,17 @@ class OOTDPipeline(DiffusionPipeline):
 
     # -- loading -------------------------------------------------------------------------------------------------------
     @classmethod
-    def from_official(cls, path_or_repo="levihsu/OOTDiffusion", variant: str = "hd", clip_model=None,
+    def from_official(cls, path_or_repo="levihsu/OOTDiffusion", variant: str | None = None, clip_model=None,
                       torch_dtype=None, final_sigmas_type: str = "sigma_min", height: int | None = None,
                       width: int | None = None) -> "OOTDPipeline":
         """Released weights (or the toy checkpoint, same layout) from a local folder or a hub repo id.
 
-        ``variant``: ``hd`` or ``dc``. Resolution defaults from the VAE (:func:`default_resolution`).
+        ``variant``: ``hd`` or ``dc`` (default: hd, or the only one a local folder holds). Resolution defaults from
+        the VAE (:func:`default_resolution`).
         """
-        from .models import load_official_components
+        from .models import load_official_components, official_variant
 
+        variant = official_variant(path_or_repo, variant)
         comps = load_official_components(path_or_repo, variant, clip_model=clip_model, torch_dtype=torch_dtype,
                                          final_sigmas_type=final_sigmas_type)
         return cls(**comps, height=height, width=width, model_type=variant)
@@ -369,6 +394,8 @@ class OOTDPipeline(DiffusionPipeline):
         for c in categories:
             if c not in CATEGORIES:
                 raise InputError(f"category {c!r} must be one of {CATEGORIES}")
+        if self.config.model_type == "hd" and set(categories) - {"upper_body"}:
+            warnings.warn(HD_UPPER_BODY_ONLY, OOTDWarning, stacklevel=2)
         conds = self.encode_conditions(person, garment, mask, categories, device, dtype)
         prompt, garment_latents, person_latents, original = (t.repeat_interleave(num_images_per_prompt, 0)
                                                              for t in conds)
@@ -451,8 +478,10 @@ def tryon(person_image, garment_image, category: str = "upper_body", pipe: OOTDP
     if pipe is None:
         raise InputError("tryon needs a pipeline: pass pipe=OOTDPipeline.from_official(...) or load_toy_pipeline()")
     path = Path(person_image) if isinstance(person_image, (str, Path)) else None
-    person = Image.open(path).convert("RGB") if path is not None else person_image
-    garment = Image.open(garment_image).convert("RGB") if isinstance(garment_image, (str, Path)) else garment_image
+    person = load_rgb(path, LOAD_MAX_SIDE) if path is not None else person_image
+    garment = load_rgb(garment_image, LOAD_MAX_SIDE) if isinstance(garment_image, (str, Path)) else garment_image
+    if isinstance(mask, (str, Path)):
+        mask = load_mask(mask, LOAD_MAX_SIDE)
     if mask is None:
         mask = compute_mask(person, category, pipe.config.model_type, parser=parser, pose=pose, person_path=path)
     return pipe(person, garment, mask, category=category, **call_kwargs)
@@ -489,49 +518,90 @@ def _to_pil(img) -> Image.Image:
 
 
 def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else the best available: cuda, then mps, then cpu."""
-    if device:
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """``device`` checked (``cpu``, ``cuda``, ``cuda:N``, ``mps``), or the best available: cuda, then mps, then cpu.
+
+    A device this machine does not have is one :class:`InputError`, before any model is loaded."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    name = str(device)
+    kind, _, index = name.partition(":")
+    if kind == "cpu" and not index:
+        return name
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("CUDA is not available on this machine; use --device cpu")
+        if index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+            raise InputError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s), cuda:0 and up; use --device cuda")
+        return name
+    if kind == "mps" and not index:
+        if not mps:
+            raise InputError("MPS (Apple-silicon GPU) is not available on this machine; use --device cpu")
+        return name
+    raise InputError(f"unknown device {name!r}; use --device cpu, cuda, cuda:N or mps")
 
 
-def tryon_files(person, garment, category="upper_body", mask=None, model=None, official=None, variant="hd",
+def load_pipeline(model=None, official=None, variant: str | None = None, torch_dtype=None) -> OOTDPipeline:
+    """The pipeline ``ootd tryon`` / ``ootd evaluate`` run: ``official`` (released weights: folder or hub repo id),
+    else ``model`` (a folder in the released layout, or an ``OOTDPipeline.save_pretrained`` folder), else the shipped
+    toy checkpoint (both variants).
+
+    ``variant`` (hd | dc) picks the UNets of a released-layout folder (default: hd, or the folder's only variant); a
+    ``save_pretrained`` folder holds one variant, so asking for the other is an error."""
+    from .hub import OFFICIAL_REPO
+
+    if variant is not None and variant not in MODEL_TYPES:
+        raise InputError(f"variant={variant!r} must be one of {MODEL_TYPES}")
+    if official:
+        return OOTDPipeline.from_official(official, variant=variant, torch_dtype=torch_dtype)
+    if not model:
+        return load_toy_pipeline(torch_dtype=torch_dtype, variant=variant or "hd")
+    path = Path(str(model)).expanduser()
+    if (path / "checkpoints" / "ootd").is_dir() or (path / "ootd").is_dir() or str(model) == OFFICIAL_REPO:
+        return OOTDPipeline.from_official(model, variant=variant, torch_dtype=torch_dtype)
+    pipe = OOTDPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+    if variant is not None and pipe.config.model_type != variant:
+        raise InputError(f"{model} holds a {pipe.config.model_type} pipeline, not {variant}; drop --variant or pass a "
+                         f"{variant} model")
+    return pipe
+
+
+def tryon_files(person, garment, category="upper_body", mask=None, model=None, official=None, variant=None,
                 steps=20, scale=2.0, seed=0, samples=1, out="result.png", device=None, weights=None,
                 paste_back=False) -> list[Path]:
     """``ootd tryon``: read the images, load the model (default: the shipped toy checkpoint), write the result(s).
 
     With ``samples > 1`` the files are ``out`` with ``_0``, ``_1``, ... before the suffix. Returns the written paths.
+    Everything the user passed is checked before a model loads: the device, the image files (decoded), the output
+    path, the step and sample counts.
     """
-    for p in (person, garment) + ((mask,) if mask else ()):
-        if not Path(p).is_file():
-            raise InputError(f"image file {p} does not exist")
     device = pick_device(device)
+    person_img, garment_img = load_rgb(person, LOAD_MAX_SIDE), load_rgb(garment, LOAD_MAX_SIDE)
+    mask_img = load_mask(mask, LOAD_MAX_SIDE) if mask else None
+    out = check_output_file(out, IMAGE_SUFFIXES, "--out")
+    for flag, value in (("--steps", steps), ("--samples", samples)):
+        if int(value) < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
+    if category not in CATEGORIES:
+        raise InputError(f"category {category!r} must be one of {CATEGORIES}")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    if official:
-        pipe = OOTDPipeline.from_official(official, variant=variant, torch_dtype=dtype)
-    elif model:
-        pipe = OOTDPipeline.from_pretrained(model, torch_dtype=dtype)
-    else:
-        pipe = load_toy_pipeline(torch_dtype=dtype, variant=variant)
+    pipe = load_pipeline(model, official, variant, torch_dtype=dtype)
     pipe.to(device)
     parser = pose = None
-    if mask is None:
+    if mask_img is None:
         from .data import find_annotations
 
         if find_annotations(person) is None:  # a real photo: the released human parser and OpenPose
             from .estimators import load_estimators
 
             parser, pose = load_estimators(weights or official, device=device)
+        mask_img = compute_mask(person_img, category, pipe.config.model_type, parser=parser, pose=pose,
+                                person_path=Path(person))
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    result = tryon(Path(person), Path(garment), category, pipe, parser=parser, pose=pose,
-                   mask=Image.open(mask).convert("L") if mask else None, num_inference_steps=steps,
-                   image_guidance_scale=scale, num_images_per_prompt=samples, generator=generator,
-                   paste_back=paste_back)
-    out = Path(out)
+    result = pipe(person_img, garment_img, mask_img, category=category, num_inference_steps=steps,
+                  image_guidance_scale=scale, num_images_per_prompt=samples, generator=generator,
+                  paste_back=paste_back)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if samples == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(samples)]
     for img, p in zip(result.images, paths):

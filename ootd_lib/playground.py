@@ -26,15 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .config import CATEGORIES, MODEL_TYPES
+from .data import LOAD_MAX_SIDE, load_mask, load_rgb
 from .errors import InputError, OOTDError
 
 __all__ = ["TryOnPlayground", "gallery_from_folder", "read_upload", "png_bytes"]
 
 THUMB_WIDTH = 72  # px of a gallery thumbnail
-MIN_SIDE, MAX_PIXELS = 32, 6000 * 6000  # smallest side we accept; larger images are decompression bombs to PIL
+MIN_SIDE = 32  # smallest side we accept
 
 
 # --- helpers (plain functions, testable without widgets) -------------------------------------------------------------
@@ -56,30 +57,20 @@ def gallery_from_folder(root, split: str = "test", limit: int = 8) -> dict[str, 
     return {"persons": persons[:limit], "garments": garments[:limit]}
 
 
-def read_upload(upload, what: str = "image") -> Image.Image:
+def read_upload(upload, what: str = "image", mask: bool = False) -> Image.Image:
     """The first file of a ``FileUpload`` value (ipywidgets 8: tuple of dicts with ``name`` and ``content``) as an RGB
-    PIL image. Anything PIL cannot decode, or an absurdly small / large picture, raises :class:`InputError`."""
+    PIL image (``mask``: an 'L' mask), read by the same loader as files (:func:`ootd_lib.data.load_rgb`), so the
+    messages are the CLI's. Anything undecodable, or an absurdly small picture, raises :class:`InputError`."""
     if not upload:
         raise InputError(f"no {what} uploaded")
     item = upload[0]
     name = item.get("name", "?")
-    try:
-        img = Image.open(io.BytesIO(bytes(item["content"])))
-        too_big = img.width * img.height > MAX_PIXELS
-        if not too_big:
-            img.load()  # decode now: a truncated file fails here, not later inside the pipeline
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"uploaded {what} {name!r} is not an image this app can read ({type(exc).__name__}); "
-                         "upload a PNG, JPEG or WebP picture") from exc
-    if too_big:
-        raise InputError(f"uploaded {what} {name!r} is {img.width}×{img.height} px; scale it below "
-                         f"{MAX_PIXELS // 10**6} megapixels first")
+    load = load_mask if mask else load_rgb
+    img = load(io.BytesIO(bytes(item["content"])), LOAD_MAX_SIDE, label=f"uploaded {what} {name!r}")
     if min(img.size) < MIN_SIDE:
         raise InputError(f"uploaded {what} {name!r} is only {img.width}×{img.height} px; use at least "
                          f"{MIN_SIDE} px per side (a 3:4 portrait works best)")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))  # white background
-    return img.convert("RGB")
+    return img
 
 
 def png_bytes(img, width: int | None = None, fmt: str = "PNG") -> bytes:
@@ -205,7 +196,7 @@ class TryOnPlayground:
 
     def _strip(self, w, paths, buttons):
         # JPEG thumbnails: a notebook saved with widget state stays small
-        thumbs = [w.Image(value=png_bytes(Image.open(p).convert("RGB"), THUMB_WIDTH, "JPEG"), format="jpeg")
+        thumbs = [w.Image(value=png_bytes(load_rgb(p), THUMB_WIDTH, "JPEG"), format="jpeg")
                   for p in paths]
         cells = [w.VBox([t, b], layout=w.Layout(align_items="center")) for t, b in zip(thumbs, buttons)]
         return w.HBox(cells, layout=w.Layout(flex_flow="row wrap"))
@@ -251,7 +242,7 @@ class TryOnPlayground:
 
     def _pick_person(self, i: int):
         self._person_path = self.gallery["persons"][i]
-        self._person = Image.open(self._person_path).convert("RGB")
+        self._person = load_rgb(self._person_path)
         self._highlight(self.person_buttons, i)
         self.person_view.value = png_bytes(self._person, 144)
         self._mask_from_upload = False
@@ -260,7 +251,7 @@ class TryOnPlayground:
 
     def _pick_garment(self, i: int):
         path = self.gallery["garments"][i]
-        self._garment = Image.open(path).convert("RGB")
+        self._garment = load_rgb(path)
         self._highlight(self.garment_buttons, i)
         self.garment_view.value = png_bytes(self._garment, 144)
         self._set_status(f"garment: {path.name}")
@@ -285,7 +276,7 @@ class TryOnPlayground:
     def _upload_mask(self):
         if self._person is None:
             raise InputError("choose or upload the person before its mask")
-        mask = read_upload(self.mask_upload.value, "mask").convert("L")
+        mask = read_upload(self.mask_upload.value, "mask", mask=True)
         # a mask drawn at another resolution still marks the same region: resize it to the person
         self._mask = mask.resize(self._person.size, Image.NEAREST).point(lambda v: 255 if v >= 128 else 0)
         self._mask_from_upload = True
@@ -346,7 +337,13 @@ class TryOnPlayground:
         self.progress.value, self.progress.max = 0, args["num_inference_steps"]
         self._set_status(f"running {args['num_inference_steps']} steps…")
         # the pipeline would block the kernel (and with it every widget) for the whole call: run it beside it
-        self._thread = threading.Thread(target=self._work, args=(self._current_pipe(), args), daemon=True)
+        pipe = self._current_pipe()
+        note = ""  # what the CLI prints as a warning line
+        if getattr(getattr(pipe, "config", None), "model_type", None) == "hd" and args["category"] != "upper_body":
+            from .pipeline import HD_UPPER_BODY_ONLY
+
+            note = f"; warning: {HD_UPPER_BODY_ONLY}"
+        self._thread = threading.Thread(target=self._work, args=(pipe, args, note), daemon=True)
         self._thread.start()
         if sync:
             self.wait()
@@ -358,7 +355,7 @@ class TryOnPlayground:
             self._thread.join(timeout)
         return not self.running
 
-    def _work(self, pipe, args):
+    def _work(self, pipe, args, note=""):
         # one vton-UNet forward per denoising step (guidance doubles the batch, not the calls): count them
         hook = pipe.unet_vton.register_forward_hook(lambda *_: setattr(self.progress, "value", self.progress.value + 1))
         try:
@@ -367,7 +364,7 @@ class TryOnPlayground:
             self._show_results(images)
             self.error = None
             self._set_status(f"done: {len(images)} image(s), {args['num_inference_steps']} steps, "
-                             f"guidance {args['image_guidance_scale']:g}, seed {self.seed.value}")
+                             f"guidance {args['image_guidance_scale']:g}, seed {self.seed.value}{note}")
         except Exception as exc:  # noqa: BLE001 - shown on the status line; the thread must not die silently
             self.error = exc
             kind = "error" if isinstance(exc, OOTDError) else f"unexpected {type(exc).__name__}"

@@ -56,7 +56,7 @@ import numpy as np
 from PIL import Image
 
 from .config import CATEGORIES, LAYOUTS
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .progress import progress_enabled
 
 BASE_H, BASE_W = 256, 192  # the drawing frame; other sizes scale it
@@ -565,14 +565,32 @@ def _write_pairs(root: Path, layout: str, pairs: dict):
         (root / name).write_text("".join(everything))
 
 
+def _claim(root: Path, overwrite: bool):
+    """Refuse a non-empty folder this generator did not write (its pairs files and images would be overwritten), then
+    mark the folder as ours before the first file is written, so an interrupted run can simply be repeated."""
+    info = root / "toy_info.json"
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        try:
+            ours = json.loads(info.read_text()).get("generator") == "ootd_lib.toydata"
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise InputError(f"{root} is not empty and holds no toy_info.json written by ootd_lib.toydata; refusing to "
+                             "overwrite its files: choose a new or empty folder, or pass --force (overwrite=True)")
+    root.mkdir(parents=True, exist_ok=True)
+    info.write_text(json.dumps(dict(generator="ootd_lib.toydata", complete=False)))  # replaced when done
+
+
 def generate_toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test: int = 16, seed: int = 0,
-                         size=(256, 192), progress: bool = True, workers: int | None = None) -> Path:
+                         size=(256, 192), progress: bool = True, workers: int | None = None,
+                         overwrite: bool = False) -> Path:
     """Write a toy wardrobe under ``out`` in the ``vitonhd`` or ``dresscode`` layout and return ``out``.
 
     ``n_train`` / ``n_test`` are persons (= paired pairs) per split; for Dress Code per category. ``size`` is the
     (H, W) of every written image. Unpaired test pairs also get their exact ground truth (toy-only folder).
     ``workers``: processes for large datasets (default: all CPUs when more than 256 samples are written; Linux only,
-    elsewhere serial); the files written do not depend on it.
+    elsewhere serial); the files written do not depend on it. ``out`` must be new, empty or an earlier toy wardrobe
+    (it holds our ``toy_info.json``); ``overwrite=True`` writes into any folder.
     """
     import os
 
@@ -587,6 +605,7 @@ def generate_toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test
     if h < 64 or w < 48:
         raise ConfigError(f"toy image size {size!r} is too small; use at least 64x48 (H x W)")
     size, root = (h, w), Path(out)
+    _claim(root, overwrite)
     categories = ("upper_body",) if layout == "vitonhd" else CATEGORIES
     _make_dirs(root, layout, categories)
 

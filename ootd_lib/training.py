@@ -102,6 +102,7 @@ def build_dataset(cfg: Config, split: str = "train", pairing: str = "paired", ca
             raise DataError(f"data_root {root} does not exist; download the dataset (data/README.md) or fix the config")
         from .toydata import generate_toy_dataset
 
+        print(f"data_root {root} does not exist: generating a toy wardrobe there")  # says so when it is a typo
         generate_toy_dataset(root, layout=cfg.layout, n_train=cfg.toy_train, n_test=cfg.toy_test, seed=cfg.seed,
                              progress=False)
     if cfg.layout == "vitonhd":
@@ -343,11 +344,28 @@ def load_checkpoint(folder, model, optimizer, lr_scheduler, ema=None, scaler=Non
     if not (folder / "state.json").is_file() or not (folder / "model.safetensors").is_file():
         raise TrainingError(f"resume checkpoint {folder} is incomplete (state.json / model.safetensors missing); "
                             "pass another checkpoint folder or --resume latest")
-    meta = json.loads((folder / "state.json").read_text())
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(folder / "optimizer.safetensors"), meta["optimizer"]))
+
+    def step_of(p: Path) -> int:
+        tail = p.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    def read(name, load):  # every file is read before anything is restored: a bad one leaves the run untouched
+        try:
+            return load(folder / name)
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, JSONDecodeError...: all one message
+            earlier = sorted((p for p in folder.parent.glob("checkpoint-*") if 0 <= step_of(p) < step_of(folder)),
+                             key=step_of)
+            hint = f"resume from the previous one with --resume {earlier[-1]}" if earlier else "start without --resume"
+            raise TrainingError(f"checkpoint file {folder / name} is truncated or unreadable ({type(exc).__name__}); "
+                                f"{hint}") from exc
+
+    meta = read("state.json", lambda p: json.loads(p.read_text()))
+    tensors = {name: read(f"{name}.safetensors", load_file) for name in ("model", "optimizer", "rng")}
+    shadow = read("ema.safetensors", load_file) if ema is not None and (folder / "ema.safetensors").is_file() else None
+    model.load_state_dict(tensors["model"])
+    optimizer.load_state_dict(_unflatten_optimizer(tensors["optimizer"], meta["optimizer"]))
     lr_scheduler.load_state_dict(meta["lr_scheduler"])
-    rng = load_file(folder / "rng.safetensors")
+    rng = tensors["rng"]
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available() and "cuda0" in rng:
         torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
@@ -355,8 +373,7 @@ def load_checkpoint(folder, model, optimizer, lr_scheduler, ema=None, scaler=Non
     random.setstate((py[0], tuple(py[1]), py[2]))
     npr = meta["numpy_random"]
     np.random.set_state((npr[0], np.array(npr[1], dtype=np.uint32), *npr[2:]))
-    if ema is not None and (folder / "ema.safetensors").is_file():
-        shadow = load_file(folder / "ema.safetensors")
+    if shadow is not None:
         for i, p in enumerate(ema.shadow_params):
             p.data.copy_(shadow[str(i)])
     if scaler is not None and meta.get("scaler"):

@@ -120,16 +120,35 @@ def test_bad_upload_shows_error_and_app_keeps_working(gallery_root):
     pipe = RecordingPipe()
     app = TryOnPlayground(pipe, gallery=gallery_root, steps=2)
     app.person_upload.value = upload("notes.txt", b"this is not an image")
-    assert app.status.startswith("error: uploaded person 'notes.txt' is not an image")
-    assert "PNG, JPEG or WebP" in app.status and isinstance(app.error, InputError)
+    # the same loader and message as the CLI's (`ootd tryon` / `ootd mask`: "image file … is unreadable or corrupt")
+    assert app.status.startswith("error: uploaded person 'notes.txt' is unreadable or corrupt (not in an image format")
+    assert "PNG or JPEG" in app.status and isinstance(app.error, InputError)
     truncated = image_bytes(Image.new("RGB", (96, 128), "red"), "JPEG")[:200]
     app.garment_upload.value = upload("cut.jpg", truncated)
-    assert "'cut.jpg' is not an image" in app.status
+    assert "'cut.jpg' is unreadable or corrupt" in app.status
     app.garment_upload.value = upload("tiny.png", image_bytes(Image.new("RGB", (8, 8))))
     assert "only 8×8 px" in app.status
     # the gallery choice is untouched and a run still works
     app.run(sync=True)
     assert app.status.startswith("done") and len(pipe.calls) == 1
+
+
+def test_uploads_go_through_the_file_loader_and_warnings_reach_the_status_line(gallery_root):
+    import cv2
+
+    pipe = RecordingPipe()
+    app = TryOnPlayground(pipe, gallery=gallery_root, steps=1)
+    app.garment_upload.value = upload("empty.png", b"")
+    assert app.status.startswith("error: uploaded garment 'empty.png' is unreadable or corrupt")
+    # a 16-bit grayscale PNG is scaled to 8 bits (a plain convert("RGB") clips it to white)
+    ok, png16 = cv2.imencode(".png", np.full((128, 96), 30000, np.uint16))
+    app.garment_upload.value = upload("grey16.png", png16.tobytes())
+    assert app.error is None and (np.asarray(app._garment) == 117).all()  # round(30000 / 257)
+    # an hd model asked for another category says what `ootd tryon` says
+    app.category.value = "lower_body"
+    app.run(sync=True)
+    assert app.status.startswith("done") and "warning: the hd variant was trained on upper_body only" in app.status
+    assert np.array_equal(np.asarray(pipe.calls[-1]["garment"]), np.asarray(app._garment))
 
 
 def test_uploaded_person_needs_a_mask(gallery_root):
