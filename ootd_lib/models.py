@@ -155,7 +155,18 @@ def load_vae(folder, **kwargs):
     name = json.loads(config.read_text()).get("_class_name", "AutoencoderKL") if config.is_file() else "AutoencoderKL"
     if name not in VAE_CLASSES:
         raise WeightsError(f"{config} names the VAE class {name!r}; expected one of {sorted(VAE_CLASSES)}")
-    return VAE_CLASSES[name].from_pretrained(folder, **kwargs)
+    if name != "AutoencoderTiny":
+        return VAE_CLASSES[name].from_pretrained(folder, **kwargs)
+    # AutoencoderTiny registers a `block_out_channels` key of its own, saves it, and then warns on every load that the
+    # key is unexpected (diffusers 0.42): silence that one message, which says nothing about the user's files
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return AutoencoderTiny.from_pretrained(folder, **kwargs)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 def vae_factor(vae) -> int:
