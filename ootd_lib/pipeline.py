@@ -53,14 +53,14 @@ __all__ = ["OOTDPipeline", "tryon", "tryon_files", "load_toy_pipeline", "default
            "prepare_masks", "repaint", "pick_device", "compute_mask"]
 
 OFFICIAL_RESOLUTION = (1024, 768)  # (H, W) of both released models
-TOY_RESOLUTION = (128, 96)  # the toy profile (VAE factor 4)
+TOY_RESOLUTION = (128, 96)  # the toy profile
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------------
 def default_resolution(vae) -> tuple[int, int]:
-    """Profile resolution implied by the VAE: the toy VAE (factor 4) → 128×96, otherwise the released 1024×768."""
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    return TOY_RESOLUTION if factor == 4 else OFFICIAL_RESOLUTION
+    """Profile resolution implied by the VAE, for folders that do not record theirs: the toy VAE (at most 64 channels
+    wide; SD's is 128–512) → 128×96, otherwise the released 1024×768. Both have factor 8, so the factor cannot tell."""
+    return TOY_RESOLUTION if max(vae.config.block_out_channels) <= 64 else OFFICIAL_RESOLUTION
 
 
 def _as_list(x) -> list:
