@@ -19,14 +19,14 @@ DEMO_SEED = 1  # the demo's toy test set; the shipped checkpoint never saw its p
 
 
 def demo_figure(items, results, path, metrics=None):
-    """Rows of person | garment | mask | result | ground truth (tensors in [-1,1]; results in [0,1]) → PNG."""
-    import matplotlib
+    """Rows of person | garment | mask | result | ground truth (tensors in [-1,1]; results in [0,1]) → PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A ``Figure`` of its own: pyplot's state (backend, open notebook figures) is left as it was."""
+    from matplotlib.figure import Figure
 
     cols = ["person", "garment", "mask", "result", "ground truth"]
-    fig, axes = plt.subplots(len(items), 5, figsize=(5 * 1.4, len(items) * 1.75), squeeze=False)
+    fig = Figure(figsize=(5 * 1.4, len(items) * 1.75))
+    axes = fig.subplots(len(items), 5, squeeze=False)
     for r, (it, res) in enumerate(zip(items, results)):
         row = [(it["person"] + 1) / 2, (it["garment"] + 1) / 2, it["mask"].expand(3, -1, -1), res,
                (it["target"] + 1) / 2 if "target" in it else torch.ones_like(res)]
@@ -42,7 +42,6 @@ def demo_figure(items, results, path, metrics=None):
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return Path(path)
 
 
@@ -52,11 +51,10 @@ def run_demo(out="outputs/demo.png", n_pairs: int = 8, steps: int = 20, seed: in
 
     Returns the :func:`ootd_lib.evaluation.evaluate` result (metrics over the pairs shown)."""
     from .config import TOY_CHECKPOINT
-    from .data import VitonHDDataset
+    from .data import MaskedTryOnDataset, VitonHDDataset
     from .evaluation import evaluate, format_metrics
     from .pipeline import load_toy_pipeline
     from .toydata import generate_toy_dataset
-    from .training import MaskedTryOnDataset
 
     t0 = time.time()
     data = Path(data)

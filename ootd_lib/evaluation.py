@@ -197,10 +197,9 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
                       scale=2.0, seed=0, limit=None, device=None) -> dict:
     """``ootd evaluate``: the test split of a dataset through a pipeline folder (default: the shipped toy checkpoint)."""
     from .config import TOY_CHECKPOINT
-    from .data import DressCodeDataset, VitonHDDataset
+    from .data import DressCodeDataset, MaskedTryOnDataset, VitonHDDataset
     from .errors import DataError
     from .pipeline import OOTDPipeline, pick_device
-    from .training import MaskedTryOnDataset
 
     if data is None or not Path(data).is_dir():
         raise DataError(f"--data {data} is not a folder; pass a dataset root (make a toy one with `ootd toy-data`)")
