@@ -56,12 +56,13 @@ def _run_tryon(args):
 def _run_train(args):
     from .training import train_from_cli
 
-    train_from_cli(config=args.config, output_dir=args.output_dir, max_steps=args.max_steps, resume=args.resume)
+    train_from_cli(config=args.config, output_dir=args.output_dir, max_steps=args.max_steps, resume=args.resume,
+                   overwrite=args.overwrite, allow_config_change=args.allow_config_change)
 
 
 def _run_train_vae(args):
     from .config import Config
-    from .training import train_toy_vae
+    from .toy_vae import train_toy_vae
 
     overrides = dict(output_dir=str(args.output_dir) if args.output_dir else None, vae_pretrain_steps=args.max_steps)
     train_toy_vae(Config.from_yaml(args.config, **overrides), resume=args.resume)
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None, help="pipeline folder (default: the shipped toy checkpoint)")
     g.add_argument("--official", default=None, help="released checkpoints folder or hub repo id (levihsu/OOTDiffusion)")
     s.add_argument("--variant", choices=["hd", "dc"], default=None,
-                   help="UNets of a released-layout folder (default: hd, or the only one the folder holds)")
+                   help="hd | dc (default: the model folder's model_type; hd for the released weights)")
     s.add_argument("--weights", default=None, help="parser/OpenPose weights folder for the mask (official only)")
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--scale", type=float, default=2.0)
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-dir", type=Path, default=None)
     s.add_argument("--max-steps", type=int, default=None)
     s.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    s.add_argument("--overwrite", action="store_true", help="delete an earlier run in the output folder first")
+    s.add_argument("--allow-config-change", action="store_true",
+                   help="resume although the config differs from the one the checkpoint was written with")
     s.set_defaults(func=_run_train)
 
     s = sub.add_parser("train-vae", help="toy recipe, stage 1: pre-train the toy VAE (writes <output_dir>/vae)")

@@ -128,3 +128,49 @@ def encode_prompt(garment_images, category, model_type, tokenizer, text_encoder,
     """
     embeds = garment_image_embeds(garment_images, image_encoder, feature_extractor)
     return prompt_from_image_embeds(embeds, category, model_type, tokenizer, text_encoder)
+
+
+# --- a training batch: images → what the UNets consume ------------------------------------------------------------------
+__all__ += ["encode_batch", "cache_latents", "CachedLatents"]
+
+
+@torch.no_grad()
+def encode_batch(batch: dict, comps: dict, model_type: str, device, dtype=torch.float32) -> dict:
+    """A :class:`~ootd_lib.data.MaskedTryOnDataset` batch → target latents (scaled), masked-person and garment latents
+    (unscaled) and the CLIP-image prompt.
+
+    The frozen encoders run in whatever dtype they were cast to (``weight_dtype`` under mixed precision); the results
+    come back in float32, the dtype of the loss target and of the trained UNets' master weights (autocast lowers the
+    UNets' matmuls itself). Nothing here needs gradients."""
+    vae = comps["vae"]
+    garment = batch["garment"].to(device, dtype)
+    prompt = encode_prompt(garment, list(batch["category"]), model_type, comps["tokenizer"], comps["text_encoder"],
+                           comps["image_encoder"], comps["feature_extractor"])
+    out = dict(target=encode_repaint_target(vae, batch["target"].to(device, dtype)),
+               person=encode_latents(vae, batch["masked"].to(device, dtype)),
+               garment=encode_latents(vae, garment), prompt=prompt)
+    return {k: v.float() for k, v in out.items()}
+
+
+class CachedLatents(torch.utils.data.Dataset):
+    """Pre-computed :func:`encode_batch` outputs, one item per pair."""
+
+    def __init__(self, tensors: dict):
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+@torch.no_grad()
+def cache_latents(dataset, comps: dict, model_type: str, device, batch_size: int = 16,
+                  dtype=torch.float32) -> CachedLatents:
+    """Encode the whole dataset once (frozen encoders, no augmentation → the encodings never change).
+
+    The toy recipe uses this: on CPU the VAE encoder would otherwise cost as much as the UNets per step."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    parts = [{k: v.cpu() for k, v in encode_batch(b, comps, model_type, device, dtype).items()} for b in loader]
+    return CachedLatents({k: torch.cat([p[k] for p in parts]) for k in parts[0]})

@@ -543,3 +543,71 @@ class DressCodeDataset(_TryOnDataset):
         person = Path(paths["person"])
         base = person.stem[:-2] if person.stem.endswith("_0") else person.stem
         return _dresscode_annotations(person.parent.parent, base, size, native)
+
+
+# --- training items: a dataset plus the agnostic mask of each person ------------------------------------------------
+class MaskedTryOnDataset(torch.utils.data.Dataset):
+    """A try-on dataset plus the agnostic mask of each person (computed once, cached as PNG under ``cache_dir``).
+
+    Items: ``person``, ``garment`` (3,H,W in [-1,1]), ``mask`` (1,H,W {0,1}), ``masked`` (the person greyed inside the
+    mask, what the model sees), ``category``, ``target`` (the image to reconstruct: the person itself when paired).
+    """
+
+    def __init__(self, base, model_type: str = "hd", cache_dir=None):
+        self.base, self.model_type = base, model_type
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        if self.cache_dir:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def __len__(self):
+        return len(self.base)
+
+    def mask(self, item) -> np.ndarray:
+        import os
+
+        from .masking import agnostic_mask
+
+        h, w = item["parse"].shape
+        name = f"{Path(item['person_name']).stem}_{item['category']}_{self.model_type}_{h}x{w}.png"
+        path = self.cache_dir / name if self.cache_dir else None
+        if path is not None and path.is_file():
+            return np.asarray(Image.open(path)) > 127
+        mask = agnostic_mask(item["parse"].numpy(), item["keypoints"].numpy(), item["category"], self.model_type)
+        if path is not None:  # write-then-rename: a crash never leaves a half-written cache file
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp)
+            os.replace(tmp, path)
+        return mask
+
+    def __getitem__(self, i):
+        from .masking import masked_person
+
+        item = self.base[i]
+        mask = torch.from_numpy(self.mask(item)).float()[None]
+        out = dict(person=item["person"], garment=item["garment"], mask=mask,
+                   masked=masked_person(item["person"], mask), category=item["category"],
+                   target=item.get("target", item["person"]))
+        if "target_parse" in item:  # toy ground truth: evaluation reads the garment pixels from it
+            out.update(target_parse=item["target_parse"], person_name=item["person_name"],
+                       garment_name=item["garment_name"])
+        return out
+
+
+def build_dataset(cfg, split: str = "train", pairing: str = "paired", cache_dir=None,
+                  generate: bool = True) -> MaskedTryOnDataset:
+    """The dataset a :class:`~ootd_lib.config.Config` names (generating the toy wardrobe first when the toy data
+    folder is missing and ``generate`` is true)."""
+    root = Path(cfg.data_root)
+    if not root.exists():
+        if cfg.profile != "toy" or not generate:
+            raise DataError(f"data_root {root} does not exist; download the dataset (data/README.md) or fix the config")
+        from .toydata import generate_toy_dataset
+
+        print(f"data_root {root} does not exist: generating a toy wardrobe there")  # says so when it is a typo
+        generate_toy_dataset(root, layout=cfg.layout, n_train=cfg.toy_train, n_test=cfg.toy_test, seed=cfg.seed,
+                             progress=False)
+    if cfg.layout == "vitonhd":
+        base = VitonHDDataset(root, split, pairing, size=cfg.resolution)
+    else:
+        base = DressCodeDataset(root, split, pairing, categories=cfg.categories, size=cfg.resolution)
+    return MaskedTryOnDataset(base, cfg.model_type, cache_dir)

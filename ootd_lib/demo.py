@@ -68,12 +68,11 @@ def run_demo(out="outputs/demo.png", n_pairs: int = 8, steps: int = 20, seed: in
     import json
 
     from .config import TOY_CHECKPOINT
-    from .data import IMAGE_SUFFIXES, DressCodeDataset, VitonHDDataset, check_output_file
+    from .data import IMAGE_SUFFIXES, DressCodeDataset, MaskedTryOnDataset, VitonHDDataset, check_output_file
     from .errors import InputError
     from .evaluation import evaluate_toy
     from .pipeline import load_toy_pipeline
     from .toydata import toy_dataset
-    from .training import MaskedTryOnDataset
 
     for flag, value in (("--pairs", n_pairs), ("--steps", steps)):
         if int(value) < 1:

@@ -354,10 +354,9 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
     :func:`evaluate_toy` are measured per category too. ``untrained``: the same VAE and encoders with freshly
     initialised UNets (the reference a trained model is compared with)."""
     from .config import TOY_CHECKPOINT
-    from .data import DressCodeDataset, VitonHDDataset, check_output_file
+    from .data import DressCodeDataset, MaskedTryOnDataset, VitonHDDataset, check_output_file
     from .errors import DataError
     from .pipeline import load_pipeline, pick_device
-    from .training import MaskedTryOnDataset
 
     if data is None or not Path(data).is_dir():
         raise DataError(f"--data {data} is not a folder; pass a dataset root (make a toy one with `ootd toy-data`)")

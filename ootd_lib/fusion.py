@@ -65,10 +65,6 @@ def _refuse_cross_attention_kwargs(unet, args, kwargs):
                                "vton UNet without them")
 
 
-class _StopGarmentPass(Exception):
-    """Raised by the capture hook of the last block: nothing after it is needed from the garment UNet."""
-
-
 class FusedSelfAttnProcessor:
     """Self-attention of a vton transformer block whose keys/values also cover the garment tokens.
 
@@ -156,31 +152,28 @@ class OutfittingFusion:
 
     # -- garment side ------------------------------------------------------------------------------------------
     def _capture_hook(self, name):
-        last = name == self.block_names[-1]
-
         def hook(module, args, kwargs):
-            if self._captured is None:  # not inside garment_states (e.g. a plain garment UNet call, or a recompute)
-                return None
-            hidden = args[0] if args else kwargs["hidden_states"]
-            self._captured[f"{name}.attn1.processor"] = hidden
-            if last:
-                raise _StopGarmentPass
+            if self._captured is not None:  # only inside garment_states (not a plain garment UNet call, a recompute)
+                self._captured[f"{name}.attn1.processor"] = args[0] if args else kwargs["hidden_states"]
             return None
 
         return hook
 
-    def garment_states(self, garment_latents, encoder_hidden_states) -> dict[str, torch.Tensor]:
+    def garment_states(self, garment_latents, encoder_hidden_states, unet_garm=None) -> dict[str, torch.Tensor]:
         """Run the garment UNet at timestep 0 and return ``{vton attn1 processor name: (B, M, C) block input}``.
 
-        The pass stops at the input of the last transformer block (nothing after it is used). No ``torch.no_grad``
-        here: in training the gradients flow back into the garment UNet through these states.
+        The pass runs to the UNet's end, although nothing after the input of its last transformer block is used (that
+        block, its ``proj_out`` and ``conv_out``: at SD scale one of 16 transformer blocks, forward only).
+        A pass that returns normally keeps every module's forward hooks whole — FSDP reshards parameters after each
+        forward, torch.compile traces one graph — where stopping it with an exception would skip them.
+        No ``torch.no_grad`` here: in training the gradients flow back into the garment UNet through these states.
+        ``unet_garm``: the module to call when a distributed wrapper stands in for the one given at construction.
         """
+        unet = self.unet_garm if unet_garm is None else unet_garm
         t = torch.zeros(garment_latents.shape[0], dtype=torch.long, device=garment_latents.device)
         self._captured = {}
         try:
-            self.unet_garm(garment_latents, t, encoder_hidden_states, return_dict=False)
-        except _StopGarmentPass:
-            pass
+            unet(garment_latents, t, encoder_hidden_states, return_dict=False)
         finally:
             states, self._captured = self._captured, None
         missing = set(self.processors) - set(states)
@@ -192,8 +185,8 @@ class OutfittingFusion:
         """Names of garment-UNet parameters that cannot influence the garment states (they never get gradients).
 
         With the released block structure: the last transformer block (only its input is used), the ``proj_out`` of
-        its ``Transformer2DModel``, and ``conv_norm_out``/``conv_out``. Freeze them or tell DDP
-        ``find_unused_parameters=True``. Found exactly by one tiny autograd pass.
+        its ``Transformer2DModel``, and ``conv_norm_out``/``conv_out``. Training freezes them (DDP then needs no
+        ``find_unused_parameters``). Found exactly by one tiny autograd pass.
         """
         unet = self.unet_garm
         p = next(unet.parameters())

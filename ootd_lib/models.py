@@ -64,7 +64,8 @@ class OOTDModel(nn.Module):
         self.fusion = OutfittingFusion(unet_garm, unet_vton)
 
     def forward(self, noisy_latents, timesteps, person_latents, garment_latents, encoder_hidden_states) -> torch.Tensor:
-        states = self.fusion.garment_states(garment_latents, encoder_hidden_states)
+        # self.unet_garm, not the fusion's reference: a distributed wrapper (FSDP1) may have replaced the attribute
+        states = self.fusion.garment_states(garment_latents, encoder_hidden_states, self.unet_garm)
         self.fusion.set_garment(states)
         x = torch.cat([noisy_latents, person_latents], dim=1)
         return self.unet_vton(x, timesteps, encoder_hidden_states, return_dict=False)[0]

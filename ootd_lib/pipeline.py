@@ -273,32 +273,43 @@ class OOTDPipeline(DiffusionPipeline):
     def from_official(cls, path_or_repo="levihsu/OOTDiffusion", variant: str | None = None, clip_model=None,
                       torch_dtype=None, final_sigmas_type: str = "sigma_min", height: int | None = None,
                       width: int | None = None) -> "OOTDPipeline":
-        """Released weights (or the toy checkpoint, same layout) from a local folder or a hub repo id.
+        """Released weights (or a trained checkpoint, same layout) from a local folder or a hub repo id.
 
-        ``variant``: ``hd`` or ``dc`` (default: hd, or the only one a local folder holds). Resolution defaults from
-        the VAE (:func:`default_resolution`).
+        ``variant``: ``hd`` or ``dc``. Not given: the ``model_type`` that training's export writes into
+        ``model_index.json``, else the only variant a local folder holds, else ``hd``. The resolution likewise comes
+        from the exported ``height`` / ``width``; the released files record none, so then from the VAE
+        (:func:`default_resolution`).
         """
         from .models import load_official_components, official_variant
 
-        variant = official_variant(path_or_repo, variant)
+        saved = exported_config(path_or_repo)
+        variant = official_variant(path_or_repo, variant or saved.get("model_type"))
         comps = load_official_components(path_or_repo, variant, clip_model=clip_model, torch_dtype=torch_dtype,
                                          final_sigmas_type=final_sigmas_type)
-        return cls(**comps, height=height, width=width, model_type=variant)
+        return cls(**comps, height=height or saved.get("height"), width=width or saved.get("width"),
+                   model_type=variant)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "OOTDPipeline":
+    def from_pretrained(cls, pretrained_model_name_or_path, model_type: str | None = None,
+                        **kwargs) -> "OOTDPipeline":
         """A ``save_pretrained`` folder; a folder in the released layout (``checkpoints/ootd`` or ``ootd/``) or the
-        released hub repo id is handed to :meth:`from_official` (keywords: variant, clip_model, torch_dtype, ...)."""
+        released hub repo id is handed to :meth:`from_official` with ``model_type`` as its variant (keywords:
+        clip_model, torch_dtype, ...). A ``save_pretrained`` folder holds one model type: asking for another is an
+        error."""
         from .hub import OFFICIAL_REPO
 
         path = Path(str(pretrained_model_name_or_path)).expanduser()
         released = path.is_dir() and ((path / "checkpoints" / "ootd").is_dir() or (path / "ootd").is_dir())
         if released or str(pretrained_model_name_or_path) == OFFICIAL_REPO:
-            return cls.from_official(pretrained_model_name_or_path, **kwargs)
+            return cls.from_official(pretrained_model_name_or_path, variant=model_type, **kwargs)
         if path.is_dir() and not (path / "model_index.json").is_file():
             raise WeightsError(f"{path} holds neither model_index.json (an OOTDPipeline.save_pretrained folder) nor "
                                "checkpoints/ootd/ (the released layout); pass one of those")
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if model_type is not None and pipe.config.model_type != model_type:
+            raise InputError(f"{path} holds a {pipe.config.model_type!r} model, not {model_type!r}; drop the variant "
+                             f"or pass {pipe.config.model_type!r}")
+        return pipe
 
     # -- pieces of a call ----------------------------------------------------------------------------------------------
     def prepare_inputs(self, person, garment, mask):
@@ -452,6 +463,20 @@ class OOTDPipeline(DiffusionPipeline):
         return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
 
 
+def exported_config(path_or_repo) -> dict:
+    """``height`` / ``width`` / ``model_type`` that training's export wrote into a local released-layout folder's
+    ``model_index.json``; ``{}`` for the released weights (their index has none) and hub repo ids."""
+    import json
+
+    local = Path(str(path_or_repo)).expanduser()
+    for folder in (local / "checkpoints" / "ootd", local / "ootd"):
+        index_path = folder / "model_index.json"
+        if index_path.is_file():
+            index = json.loads(index_path.read_text())
+            return {k: index[k] for k in ("height", "width", "model_type") if index.get(k) is not None}
+    return {}
+
+
 def load_toy_pipeline(path=None, torch_dtype=None, variant: str = "hd") -> OOTDPipeline:
     """The shipped trained toy checkpoint (``assets/toy_checkpoint``, released folder layout, 128×96): ``hd``
     (VITON-HD layout, upper_body) or ``dc`` (Dress Code layout, all three categories, label-text prompt). Both share
@@ -571,6 +596,8 @@ def tryon_files(person, garment, category="upper_body", mask=None, model=None, o
                 steps=20, scale=2.0, seed=0, samples=1, out="result.png", device=None, weights=None,
                 paste_back=False) -> list[Path]:
     """``ootd tryon``: read the images, load the model (default: the shipped toy checkpoint), write the result(s).
+
+    ``variant``: ``hd`` / ``dc`` for ``model`` and ``official`` (None: what the folder says, else ``hd``).
 
     With ``samples > 1`` the files are ``out`` with ``_0``, ``_1``, ... before the suffix. Returns the written paths.
     Everything the user passed is checked before a model loads: the device, the image files (decoded), the output

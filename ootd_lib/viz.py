@@ -1,4 +1,4 @@
-"""Small figure helpers for the notebooks (matplotlib only, no state)."""
+"""Figures: notebook helpers (matplotlib, no state) and training reports (the loss log and its plot, sample grids)."""
 
 from __future__ import annotations
 
@@ -114,3 +114,85 @@ def plot_loss_curves(curves: dict, path, ylabel: str = "loss", smooth: int = 20,
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
+# --- training: the loss log, its plot, sample grids --------------------------------------------------------------------
+class LossLog:
+    """Appends ``step,loss,lr,nonfinite`` rows to ``loss.csv`` (and TensorBoard when asked and installed)."""
+
+    def __init__(self, folder, report_to: str, enabled: bool):
+        from pathlib import Path
+
+        self.path = Path(folder) / "loss.csv"
+        self.enabled, self.tb = enabled, None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self.path.write_text("step,loss,lr,nonfinite\n")
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(folder) / "tensorboard"))
+            except ImportError:
+                print("tensorboard is not installed: logging the loss to loss.csv only (pip install tensorboard)")
+
+    def truncate(self, step: int):
+        """On resume: drop rows written after the checkpoint so the curve has no duplicates."""
+        if self.enabled and self.path.exists():
+            rows = self.path.read_text().splitlines()
+            self.path.write_text("\n".join([rows[0]] + [r for r in rows[1:] if int(r.split(",")[0]) <= step]) + "\n")
+
+    def __call__(self, step: int, loss: float, lr: float, nonfinite: int):
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(f"{step},{loss:.6f},{lr:.3e},{nonfinite}\n")
+        if self.tb is not None:
+            self.tb.add_scalar("train/loss", loss, step)
+
+
+def read_loss_csv(path) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return np.array([int(r["step"]) for r in rows]), np.array([float(r["loss"]) for r in rows])
+
+
+def plot_loss(csv_path, png_path, smooth: int = 20):
+    """Loss curve (raw and moving average) as a PNG. A ``Figure`` of its own: pyplot's state (backend, open
+    figures) is left as it was."""
+    from matplotlib.figure import Figure
+
+    steps, losses = read_loss_csv(csv_path)
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
+    ax.plot(steps, losses, alpha=0.3, label="loss")
+    if len(losses) >= smooth:
+        ax.plot(steps[smooth - 1:], np.convolve(losses, np.ones(smooth) / smooth, "valid"), label=f"mean of {smooth}")
+    ax.set(xlabel="step", ylabel="ε-MSE", yscale="log", title="training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+
+
+@torch.no_grad()
+def sample_grid(comps: dict, dataset, n: int, steps: int, seed: int, model_type: str) -> Image.Image:
+    """Rows of person | garment | mask | result for the first ``n`` items (a quick look at training progress)."""
+    from .data import tensor_to_uint8
+    from .pipeline import OOTDPipeline
+
+    pipe = OOTDPipeline(**{k: comps[k] for k in ("vae", "text_encoder", "tokenizer", "image_encoder",
+                                                  "feature_extractor", "unet_garm", "unet_vton", "scheduler")},
+                        model_type=model_type)
+    pipe.set_progress_bar_config(disable=True)
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    persons = torch.stack([it["person"] for it in items])
+    garments = torch.stack([it["garment"] for it in items])
+    masks = torch.stack([it["mask"] for it in items])
+    pipe.register_to_config(height=persons.shape[-2], width=persons.shape[-1])  # sample at the training resolution
+    out = pipe(persons, garments, masks, [it["category"] for it in items], num_inference_steps=steps,
+               generator=torch.Generator().manual_seed(seed), output_type="pt").images * 2 - 1
+    rows = torch.cat([persons, garments, masks.expand(-1, 3, -1, -1) * 2 - 1, out.to(persons.dtype)], dim=3)
+    grid = torch.cat(list(rows), dim=1)
+    return Image.fromarray(tensor_to_uint8(grid))

@@ -40,6 +40,26 @@ def test_demo_generates_data_writes_the_grid_and_reports_metrics(random_checkpoi
 
 
 @pytest.mark.skipif(not (TOY_CHECKPOINT / "checkpoints").is_dir(), reason="toy checkpoint not trained yet")
+def test_demo_figure_leaves_pyplot_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import torch
+
+    from ootd_lib.demo import demo_figure
+
+    item = dict(person=torch.zeros(3, 16, 12), garment=torch.zeros(3, 16, 12), mask=torch.ones(1, 16, 12))
+    backend = matplotlib.get_backend()
+    plt.switch_backend("svg")  # a backend other than Agg, with a figure open, as in a notebook
+    mine = plt.figure()
+    try:
+        demo_figure([item], [torch.ones(3, 16, 12)], tmp_path / "demo.png")
+        assert Image.open(tmp_path / "demo.png").width > 100
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == [mine.number]
+    finally:
+        plt.close(mine)
+        plt.switch_backend(backend)
+
+
 def test_shipped_toy_checkpoint_is_small_safetensors_and_loads():
     from ootd_lib.pipeline import OOTDPipeline, load_toy_pipeline
 

@@ -101,15 +101,15 @@ def test_cfg_batch_and_cached_kv_equal_reference(cache_kv):
     assert (uncond - cond).abs().max() > 1e-3
 
 
-def test_garment_states_are_pre_norm_block_inputs_and_stop_early():
+def test_garment_states_are_pre_norm_block_inputs_and_the_pass_ends_normally():
     garm, vton = tiny_unets()
     _, _, _, garment, prompt = inputs(2)
     fusion = OutfittingFusion(garm, vton)
     calls = []
-    hook = garm.conv_out.register_forward_hook(lambda *a: calls.append(1))
+    hook = garm.register_forward_hook(lambda *a: calls.append(1))  # runs only when forward returns (FSDP relies on it)
     with torch.no_grad():
         states = fusion.garment_states(garment, prompt)
-        assert not calls, "the garment pass must stop after the last captured block"
+        assert calls == [1], "the garment pass must end normally, not by an exception"
         hook.remove()
         ref = reference_garment_states(garm, garment, prompt)
     assert set(states) == {f"{n}.attn1.processor" for n in fusion.block_names}

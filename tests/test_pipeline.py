@@ -213,7 +213,13 @@ def test_save_pretrained_round_trip(pipe, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert (loaded.config.height, loaded.config.width, loaded.config.model_type) == (H, W, "hd")
     assert isinstance(loaded.unet_vton, type(pipe.unet_vton))
-    assert torch.equal(run(loaded, person, garment, mask), run(pipe, person, garment, mask))
+    for name in ("unet_garm", "unet_vton", "vae", "text_encoder", "image_encoder"):  # safetensors stores fp32 exactly
+        saved, original = getattr(loaded, name).state_dict(), getattr(pipe, name).state_dict()
+        assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved), name
+    # Same weights, but the loaded tensors live in other buffers (memory-mapped files), and CPU kernels may block a
+    # matmul differently for another alignment (seen on AVX-512 machines): last-bit differences (~1e-7) that the
+    # sampling steps and the decoder amplify to ~1e-6. A wrong weight or config changes the images by > 1e-2.
+    torch.testing.assert_close(run(loaded, person, garment, mask), run(pipe, person, garment, mask), rtol=0, atol=1e-4)
     with pytest.raises(WeightsError, match="model_index.json"):
         OOTDPipeline.from_pretrained(tmp_path)
 
