@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from .checkpoints import is_main_process, load_checkpoint, prepare_run_folder, prune_checkpoints, save_checkpoint
 from .conditioning import cache_latents, encode_batch
 from .config import LOSS_WEIGHTINGS, Config
-from .data import MaskedTryOnDataset, build_dataset  # noqa: F401  (MaskedTryOnDataset: until notebook 09 imports it from data)
+from .data import build_dataset
 from .errors import ConfigError, DataError, OOTDError, TrainingError
-from .viz import LossLog, plot_loss, read_loss_csv, sample_grid  # noqa: F401  (read_loss_csv: notebook 06 reads it here)
+from .viz import LossLog, plot_loss, sample_grid
 
 __all__ = ["train", "train_from_cli", "training_step", "optimizer_step", "draw_randomness", "loss_weights",
            "StepBatchSampler", "build_components", "trainable_model", "optimizer_parts", "make_ema", "full_unets",

@@ -437,7 +437,7 @@ def test_bad_config_values_are_refused_at_load(tmp_path, capsys, monkeypatch, ke
 
 
 def test_a_missing_toy_data_root_is_announced(tmp_path, capsys):
-    from ootd_lib.training import build_dataset
+    from ootd_lib.data import build_dataset
 
     cfg = Config.for_profile("toy", data_root=str(tmp_path / "toy_vitonhdd"), toy_train=1, toy_test=0,
                              resolution=SIZE)

@@ -128,7 +128,7 @@ def toy16(tmp_path_factory):
 
     from ootd_lib.data import VitonHDDataset
     from ootd_lib.toydata import generate_toy_dataset
-    from ootd_lib.training import MaskedTryOnDataset
+    from ootd_lib.data import MaskedTryOnDataset
 
     root = generate_toy_dataset(tmp_path_factory.mktemp("toy16") / "vitonhd", layout="vitonhd", n_train=0,
                                 n_test=16, seed=0, size=(128, 96), progress=False)
