@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ootd_lib.config import TOY_CHECKPOINT
-from ootd_lib.evaluation import evaluate_from_cli
+from ootd_lib.app import evaluate_from_cli
 from ootd_lib.toydata import toy_dataset
 
 ASSETS = Path(__file__).resolve().parent

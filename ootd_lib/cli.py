@@ -1,7 +1,8 @@
 """The ``ootd`` command: demo, toy-data, mask, tryon, train, evaluate.
 
-Each sub-command only parses arguments and calls one library function, so everything the CLI does is also a
-plain Python call in the notebooks. ``OOTDError``s are printed as one line (exit code 2), not as tracebacks, and
+Each sub-command only parses arguments and calls one library function (for mask, tryon, train, train-vae and
+evaluate: the file-level entry points of :mod:`ootd_lib.app`), so everything the CLI does is also a plain Python call
+in the notebooks. ``OOTDError``s are printed as one line (exit code 2), not as tracebacks, and
 ``OOTDWarning``s as one ``warning:`` line. What the user passed is checked before any model loads.
 """
 
@@ -34,7 +35,7 @@ def _run_toy_data(args):
 
 
 def _run_mask(args):
-    from .masking import mask_person_file
+    from .app import mask_person_file
 
     if args.device:  # only the released estimators use it; check it before they load
         from .pipeline import pick_device
@@ -45,7 +46,7 @@ def _run_mask(args):
 
 
 def _run_tryon(args):
-    from .pipeline import tryon_files
+    from .app import tryon_files
 
     tryon_files(person=args.person, garment=args.garment, category=args.category, mask=args.mask,
                 model=args.model, official=args.official, variant=args.variant, steps=args.steps,
@@ -54,22 +55,20 @@ def _run_tryon(args):
 
 
 def _run_train(args):
-    from .training import train_from_cli
+    from .app import train_from_cli
 
     train_from_cli(config=args.config, output_dir=args.output_dir, max_steps=args.max_steps, resume=args.resume,
                    overwrite=args.overwrite, allow_config_change=args.allow_config_change)
 
 
 def _run_train_vae(args):
-    from .config import Config
-    from .toy_vae import train_toy_vae
+    from .app import train_vae_from_cli
 
-    overrides = dict(output_dir=str(args.output_dir) if args.output_dir else None, vae_pretrain_steps=args.max_steps)
-    train_toy_vae(Config.from_yaml(args.config, **overrides), resume=args.resume)
+    train_vae_from_cli(config=args.config, output_dir=args.output_dir, max_steps=args.max_steps, resume=args.resume)
 
 
 def _run_evaluate(args):
-    from .evaluation import evaluate_from_cli
+    from .app import evaluate_from_cli
 
     evaluate_from_cli(model=args.model, data=args.data, layout=args.layout, pairing=args.pairing, out=args.out,
                       steps=args.steps, scale=args.scale, seed=args.seed, limit=args.limit, device=args.device,

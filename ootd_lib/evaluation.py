@@ -17,7 +17,6 @@ reported — or pass your own ``feature_extractor`` (any module mapping uint8 (B
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from .progress import progress_enabled
 
 __all__ = ["to_unit", "ssim", "psnr", "masked_region_error", "garment_colour_error", "vae_round_trip", "vae_metrics",
            "identification_candidates", "identify_garments", "evaluate_toy", "DistributionMetrics", "lpips_metric",
-           "evaluate", "evaluate_from_cli", "format_metrics"]
+           "evaluate", "format_metrics"]
 
 # Canonical labels of the garment itself (not the arms or legs a mask also repaints), per category.
 GARMENT_COLOUR_LABELS = {"upper_body": (4,), "lower_body": (5, 6), "dresses": (7,)}
@@ -343,62 +342,3 @@ def format_metrics(result: dict) -> str:
     lines = [f"{k:>13}: {v:.4f}" for k, v in result["metrics"].items()]
     lines += [f"{k:>13}: skipped — {why}" for k, why in result["skipped"].items()]
     return "\n".join(lines)
-
-
-def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired", out="results.json", steps=20,
-                      scale=2.0, seed=0, limit=None, device=None, variant=None, untrained=False) -> dict:
-    """``ootd evaluate``: the test split of a dataset through a pipeline folder (default: the shipped toy checkpoint).
-    The options, the data folder and the output path are checked before the model loads.
-
-    On a toy wardrobe (its ``toy_info.json`` beside the data) with unpaired pairs, the toy try-on metrics of
-    :func:`evaluate_toy` are measured per category too. ``untrained``: the same VAE and encoders with freshly
-    initialised UNets (the reference a trained model is compared with)."""
-    from .config import TOY_CHECKPOINT
-    from .data import DressCodeDataset, MaskedTryOnDataset, VitonHDDataset, check_output_file
-    from .errors import DataError
-    from .pipeline import load_pipeline, pick_device
-
-    if data is None or not Path(data).is_dir():
-        raise DataError(f"--data {data} is not a folder; pass a dataset root (make a toy one with `ootd toy-data`)")
-    if limit is not None and int(limit) < 1:
-        raise InputError(f"--limit must be >= 1, got {limit} (leave it out to evaluate every pair)")
-    if int(steps) < 1:
-        raise InputError(f"--steps must be >= 1, got {steps}")
-    device = pick_device(device)
-    check_output_file(out, what="--out")
-    variant = variant or ("dc" if layout == "dresscode" else "hd")
-    pipe = load_pipeline(model, variant=variant)
-    if untrained:
-        from .models import build_toy_components
-
-        fresh = build_toy_components(seed)
-        pipe.register_modules(unet_garm=fresh["unet_garm"], unet_vton=fresh["unet_vton"])
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    size = (pipe.config.height, pipe.config.width)
-    info_path = Path(data) / "toy_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else None
-    categories = ["upper_body"] if layout == "vitonhd" else (info or {}).get("categories", ["upper_body", "lower_body",
-                                                                                            "dresses"])
-    summary = dict(model=str(model or TOY_CHECKPOINT), variant=variant, untrained=untrained, data=str(data),
-                   layout=layout, pairing=pairing, steps=steps, scale=scale, seed=seed)
-    if info is not None and pairing == "unpaired":
-        summary["toy"] = {}
-        for cat in categories:
-            base = (VitonHDDataset(data, "test", pairing, size=size) if layout == "vitonhd"
-                    else DressCodeDataset(data, "test", pairing, categories=(cat,), size=size))
-            res = evaluate_toy(pipe, MaskedTryOnDataset(base, pipe.config.model_type), info, steps=steps,
-                               scale=scale, seed=seed, limit=limit, k=min(16, info["n_test"]))
-            summary["toy"][cat] = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
-            print(f"{cat}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)))
-    else:
-        base = (VitonHDDataset(data, "test", pairing, size=size) if layout == "vitonhd"
-                else DressCodeDataset(data, "test", pairing, size=size))
-        result = evaluate(pipe, MaskedTryOnDataset(base, pipe.config.model_type), steps=steps, scale=scale, seed=seed,
-                          limit=limit)
-        print(format_metrics(result))
-        summary.update(n=result["n"], metrics=result["metrics"], skipped=result["skipped"])
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(summary, indent=2))
-    print(f"results written to {out}")
-    return summary

@@ -18,8 +18,6 @@ Inputs follow the course conventions: ``parse`` (H,W) in the canonical labels (A
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import torch
@@ -219,41 +217,3 @@ def masked_person(person, mask):
         raise InputError(f"mask size {m.shape} differs from person size {arr.shape[:2]}")
     arr[m] = GREY
     return Image.fromarray(arr) if was_pil else arr
-
-
-def _estimate_annotations(image: Image.Image, weights, device):
-    """Parse map + keypoints of a real photo with the released estimators, both at 512×384."""
-    from .estimators import load_estimators
-
-    parser, pose = load_estimators(weights, device=device or "cpu")
-    return parser(image), pose(image)
-
-
-def mask_person_file(person, category: str = "upper_body", model_type: str = "hd", weights=None, out="mask.png",
-                     device=None) -> tuple[Path, Path]:
-    """CLI ``ootd mask``: write the mask PNG (white = repaint) and ``<out>_masked.png`` (the grey-filled person).
-
-    Images of a VITON-HD / Dress Code layout folder (real or toy) use the dataset's own parse map and keypoints, so no
-    weights are needed; any other photo goes through the released human parser and OpenPose (``weights``: a local
-    folder laid out like levihsu/OOTDiffusion, or the hub repo id).
-    """
-    from .data import LOAD_MAX_SIDE, check_output_file, find_annotations, load_rgb
-
-    person = Path(person)
-    image = load_rgb(person, LOAD_MAX_SIDE)  # missing, a folder, not an image: one ImageFileError naming the file
-    out = check_output_file(out, (".png",), "--out")  # a mask must be lossless
-    ann = find_annotations(person)
-    if ann is None:
-        parse, keypoints = _estimate_annotations(image, weights, device)
-    else:
-        parse, keypoints = np.asarray(ann["parse"]), np.asarray(ann["keypoints"])
-    mask = agnostic_mask(parse, keypoints, category, model_type)
-    if mask.shape != (image.height, image.width):  # annotations at another size: bring the mask to the photo's size
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.NEAREST)) > 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    masked_out = out.with_name(out.stem + "_masked.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(out)
-    masked_person(image, mask).save(masked_out)
-    print(f"mask ({category}, {model_type}, {mask.mean():.1%} of the image) written to {out}; masked person to "
-          f"{masked_out}")
-    return out, masked_out

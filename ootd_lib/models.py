@@ -34,8 +34,7 @@ from .hub import CLIP_REPO, OFFICIAL_REPO, check_weight_file, redownload_hint, r
 __all__ = ["OOTDModel", "build_toy_components", "build_sd15_components", "load_official_components", "widen_conv_in",
            "make_scheduler", "make_noise_scheduler", "toy_unet_config", "TOY_TOKENIZER", "COMPONENT_NAMES",
            "OFFICIAL_CHECKPOINT", "load_profile_components", "save_components", "add_variant", "load_vae",
-           "vae_factor", "official_variant",
-           "notebook_components"]
+           "vae_factor", "official_variant"]
 
 COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet_garm", "unet_vton",
                    "scheduler")
@@ -492,31 +491,3 @@ def add_variant(folder, unet_garm, unet_vton, variant: str) -> Path:
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def notebook_components(profile: str = "toy", root=".", variant: str = "hd"):
-    """What the notebooks load: ``(components, profile_used, device, dtype, note)``.
-
-    ``official`` reads ``<root>/checkpoints`` when present, else the hub; when the weights cannot be had it says
-    "skipped: ..." in ``note`` and falls back to ``toy``. ``toy`` uses the trained toy checkpoint when it exists.
-    """
-    from .config import TOY_CHECKPOINT
-
-    root = Path(root)
-    if profile == "official":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.float16 if device == "cuda" else torch.float32
-        local = root if (root / "checkpoints" / "ootd").is_dir() else None
-        try:
-            comps = load_profile_components("official", pretrained=local, variant=variant, torch_dtype=dtype)
-            return ({k: v.to(device) if isinstance(v, nn.Module) else v for k, v in comps.items()}, "official",
-                    device, dtype, f"official {variant} weights on {device}")
-        except WeightsError as err:
-            note = f"skipped: official weights not available ({err}); falling back to the toy profile. "
-    else:
-        note = ""
-    comps = load_profile_components("toy", variant=variant)
-    trained = TOY_CHECKPOINT.is_dir() and any(TOY_CHECKPOINT.iterdir())
-    note += ("toy profile: trained toy checkpoint" if trained else
-             "toy profile: random (untrained) toy weights — the mechanics are real, the pictures are noise")
-    return comps, "toy", "cpu", torch.float32, note

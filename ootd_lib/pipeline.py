@@ -23,7 +23,8 @@ diffusers can also step to zero. The default is ``final_sigmas_type="sigma_min"`
 ``final_sigmas_type="zero"`` to :meth:`OOTDPipeline.from_official` / :func:`ootd_lib.models.make_scheduler` to
 change it.
 
-Also here: :func:`tryon` (mask from the estimators when none is given) and :func:`tryon_files` (the ``ootd tryon`` CLI).
+Also here: :func:`tryon` (mask from the estimators when none is given), :func:`load_pipeline` and :func:`pick_device`;
+the ``ootd tryon`` command itself (files in, files out) is :func:`ootd_lib.app.tryon_files`.
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 
 from .conditioning import decode_latents, encode_latents, encode_prompt, encode_repaint_target
 from .config import CATEGORIES, MODEL_TYPES, TOY_CHECKPOINT
-from .data import (IMAGE_SUFFIXES, LOAD_MAX_SIDE, check_output_file, image_to_tensor, load_mask, load_rgb,
-                   tensor_to_uint8, to_rgb)
+from .data import LOAD_MAX_SIDE, image_to_tensor, load_mask, load_rgb, tensor_to_uint8, to_rgb
 from .errors import InputError, OOTDWarning, WeightsError
 from .fusion import OutfittingFusion, transformer_block_names
 from .guidance import cfg_combine, uses_cfg
@@ -54,7 +54,7 @@ from .masking import masked_person
 from .models import CLIPImageProcessor
 from .progress import progress_enabled
 
-__all__ = ["OOTDPipeline", "tryon", "tryon_files", "load_toy_pipeline", "default_resolution", "prepare_images",
+__all__ = ["OOTDPipeline", "tryon", "load_toy_pipeline", "default_resolution", "prepare_images",
            "prepare_masks", "repaint", "feathered_paste", "pick_device", "compute_mask", "load_pipeline"]
 
 OFFICIAL_RESOLUTION = (1024, 768)  # (H, W) of both released models
@@ -590,48 +590,3 @@ def load_pipeline(model=None, official=None, variant: str | None = None, torch_d
         raise InputError(f"{model} holds a {pipe.config.model_type} pipeline, not {variant}; drop --variant or pass a "
                          f"{variant} model")
     return pipe
-
-
-def tryon_files(person, garment, category="upper_body", mask=None, model=None, official=None, variant=None,
-                steps=20, scale=2.0, seed=0, samples=1, out="result.png", device=None, weights=None,
-                paste_back=False) -> list[Path]:
-    """``ootd tryon``: read the images, load the model (default: the shipped toy checkpoint), write the result(s).
-
-    ``variant``: ``hd`` / ``dc`` for ``model`` and ``official`` (None: what the folder says, else ``hd``).
-
-    With ``samples > 1`` the files are ``out`` with ``_0``, ``_1``, ... before the suffix. Returns the written paths.
-    Everything the user passed is checked before a model loads: the device, the image files (decoded), the output
-    path, the step and sample counts.
-    """
-    device = pick_device(device)
-    person_img, garment_img = load_rgb(person, LOAD_MAX_SIDE), load_rgb(garment, LOAD_MAX_SIDE)
-    mask_img = load_mask(mask, LOAD_MAX_SIDE) if mask else None
-    out = check_output_file(out, IMAGE_SUFFIXES, "--out")
-    for flag, value in (("--steps", steps), ("--samples", samples)):
-        if int(value) < 1:
-            raise InputError(f"{flag} must be >= 1, got {value}")
-    if category not in CATEGORIES:
-        raise InputError(f"category {category!r} must be one of {CATEGORIES}")
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = load_pipeline(model, official, variant, torch_dtype=dtype)
-    pipe.to(device)
-    parser = pose = None
-    if mask_img is None:
-        from .data import find_annotations
-
-        if find_annotations(person) is None:  # a real photo: the released human parser and OpenPose
-            from .estimators import load_estimators
-
-            parser, pose = load_estimators(weights or official, device=device)
-        mask_img = compute_mask(person_img, category, pipe.config.model_type, parser=parser, pose=pose,
-                                person_path=Path(person))
-    generator = torch.Generator("cpu").manual_seed(int(seed))
-    result = pipe(person_img, garment_img, mask_img, category=category, num_inference_steps=steps,
-                  image_guidance_scale=scale, num_images_per_prompt=samples, generator=generator,
-                  paste_back=paste_back)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out] if samples == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(samples)]
-    for img, p in zip(result.images, paths):
-        img.save(p)
-        print(f"wrote {p}")
-    return paths

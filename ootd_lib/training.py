@@ -49,7 +49,7 @@ from .data import build_dataset
 from .errors import ConfigError, DataError, OOTDError, TrainingError
 from .viz import LossLog, plot_loss, sample_grid
 
-__all__ = ["train", "train_from_cli", "training_step", "optimizer_step", "draw_randomness", "loss_weights",
+__all__ = ["train", "training_step", "optimizer_step", "draw_randomness", "loss_weights",
            "StepBatchSampler", "build_components", "trainable_model", "optimizer_parts", "make_ema", "full_unets",
            "FSDP_UNITS", "main"]
 
@@ -506,16 +506,7 @@ def _write_model_index(folder: Path, vae_class: str = "AutoencoderKL", **config)
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-# --- entry points ----------------------------------------------------------------------------------------------------------------
-def train_from_cli(config, output_dir=None, max_steps=None, resume=None, overwrite=False,
-                   allow_config_change=False) -> Path:
-    """``ootd train``: load the YAML config, apply the command-line overrides, train."""
-    cfg = Config.from_yaml(config, output_dir=str(output_dir) if output_dir else None, max_train_steps=max_steps)
-    final = train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
-    print(f"trained pipeline written to {final}")
-    return final
-
-
+# --- entry point ----------------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     """``python -m ootd_lib.training`` / ``accelerate launch -m ootd_lib.training`` (same options as ``ootd train``)."""
     p = argparse.ArgumentParser(prog="ootd_lib.training", description=__doc__.splitlines()[0])
@@ -526,8 +517,9 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--allow-config-change", action="store_true")
     args = p.parse_args(argv)
-    train_from_cli(args.config, args.output_dir, args.max_steps, args.resume, args.overwrite,
-                   args.allow_config_change)
+    cfg = Config.from_yaml(args.config, output_dir=args.output_dir or None, max_train_steps=args.max_steps)
+    final = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
+    print(f"trained pipeline written to {final}")
     return 0
 
 

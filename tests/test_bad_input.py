@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+import ootd_lib.app as app_module
 import ootd_lib.pipeline as pipeline_module
 from ootd_lib.cli import main
 from ootd_lib.config import Config
@@ -219,7 +220,7 @@ def test_huge_photos_are_reduced_while_decoding(files, tmp_path, stub, monkeypat
     original_reduce = Image.Image.reduce
     monkeypatch.setattr(Image.Image, "reduce", lambda self, f, *a: reduced.append(self.format) or
                         original_reduce(self, f, *a))
-    monkeypatch.setattr(pipeline_module, "LOAD_MAX_SIDE", 64)  # a 400 px photo plays a 6000×8000 one
+    monkeypatch.setattr(app_module, "LOAD_MAX_SIDE", 64)  # a 400 px photo plays a 6000×8000 one
     big = np.asarray(Image.open(files.person).resize((300, 400)))
     Image.fromarray(big).save(files.dir / "big.jpg", quality=95)
     Image.new("L", (300, 400), 255).save(files.dir / "big_mask.png")

@@ -261,16 +261,16 @@ def test_cli_mask_errors_are_one_line(tmp_path, toy_root, capsys):
 
 
 def test_mask_person_file_on_a_photo_uses_the_estimators_at_512x384(tmp_path, monkeypatch):
-    import ootd_lib.masking as masking
+    import ootd_lib.app as app
 
     P, kp = person()  # what the released estimators would return: 512×384 maps for any photo
     calls = []
-    monkeypatch.setattr(masking, "_estimate_annotations", lambda image, weights, device: calls.append(
+    monkeypatch.setattr(app, "_estimate_annotations", lambda image, weights, device: calls.append(
         (image.size, weights, device)) or (P, kp))
     photo = tmp_path / "photo.png"
     Image.new("RGB", (192, 256), (200, 200, 200)).save(photo)
-    out, masked_out = masking.mask_person_file(photo, "upper_body", "hd", weights="W", out=tmp_path / "m.png",
-                                               device="cpu")
+    out, masked_out = app.mask_person_file(photo, "upper_body", "hd", weights="W", out=tmp_path / "m.png",
+                                           device="cpu")
     assert calls == [((192, 256), "W", "cpu")]
     mask = np.asarray(Image.open(out)) > 127
     expected = np.asarray(Image.fromarray(agnostic_mask(P, kp).astype(np.uint8) * 255).resize((192, 256),

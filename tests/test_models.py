@@ -241,7 +241,7 @@ def test_hub_download_asks_only_for_the_needed_files(mini_official, monkeypatch)
 def test_notebook_components_fall_back_to_toy_without_official_weights(mini_official, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from ootd_lib.models import notebook_components
+    from ootd_lib.app import notebook_components
 
     def offline(*a, **kw):
         raise OSError("offline")

@@ -10,7 +10,8 @@ from ootd_lib import conditioning as cond
 from ootd_lib.cli import main as cli_main
 from ootd_lib.errors import InputError, WeightsError
 from ootd_lib.models import OOTDModel, build_toy_components
-from ootd_lib.pipeline import OOTDPipeline, load_toy_pipeline, tryon, tryon_files
+from ootd_lib.app import tryon_files
+from ootd_lib.pipeline import OOTDPipeline, load_toy_pipeline, tryon
 
 H, W = 64, 48  # half the toy resolution: the tests only need the mechanics, and run 4x faster
 STEPS = 2
