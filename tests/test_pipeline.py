@@ -342,3 +342,34 @@ def test_default_resolution_follows_the_vae():
     assert default_resolution(vae(128)) == (128, 96)  # the toy VAE (f = 8 or f = 4): its training height
     assert default_resolution(vae(64)) == (64, 48)
     assert default_resolution(vae(512)) == (1024, 768)  # SD's VAE: the released resolution
+
+
+def test_cli_tryon_dc_variant_with_paste_back(tmp_path, monkeypatch):
+    """`ootd tryon --variant dc --paste-back` reaches the shipped dc model with paste_back on, and the written result
+    keeps the person's own pixels far outside the mask."""
+    from pathlib import Path
+
+    from ootd_lib.data import find_annotations
+    from ootd_lib.masking import agnostic_mask
+
+    sample = Path(__file__).resolve().parent.parent / "data" / "sample" / "toy_dresscode" / "dresses" / "images"
+    person, garment = sample / "290000_0.jpg", sample / "290001_1.jpg"
+    seen = {}
+    call = OOTDPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.update(model_type=self.config.model_type, paste_back=kwargs.get("paste_back"))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(OOTDPipeline, "__call__", spy)
+    out = tmp_path / "r.png"
+    assert cli_main(["tryon", "--person", str(person), "--garment", str(garment), "--category", "dresses",
+                     "--variant", "dc", "--paste-back", "--steps", "2", "--out", str(out)]) == 0
+    assert seen == {"model_type": "dc", "paste_back": True}
+    result = np.asarray(Image.open(out).convert("RGB"), np.float32)
+    h, w = result.shape[:2]
+    ann = find_annotations(person, size=(h, w))
+    mask = torch.from_numpy(agnostic_mask(ann["parse"], ann["keypoints"], "dresses", "dc")).float()[None, None]
+    far = F.max_pool2d(mask, 9, stride=1, padding=4)[0, 0].numpy() == 0
+    original = np.asarray(Image.open(person).convert("RGB").resize((w, h), Image.BILINEAR), np.float32)
+    assert np.abs(result[far] - original[far]).mean() < 2.0  # the person's pixels (uint8 rounding, resampling)
