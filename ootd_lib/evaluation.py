@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from .errors import InputError
 from .progress import progress_enabled
 
-__all__ = ["to_unit", "ssim", "psnr", "masked_region_error", "garment_colour_error", "vae_round_trip", "vae_metrics",
-           "identification_candidates", "identify_garments", "evaluate_toy", "DistributionMetrics", "lpips_metric",
-           "evaluate", "format_metrics"]
+__all__ = ["to_unit", "ssim", "psnr", "masked_region_error", "garment_colour_error", "vae_round_trip", "vae_floor",
+           "vae_metrics", "identification_candidates", "candidate_tensors", "identify_garments", "evaluate_toy",
+           "DistributionMetrics", "lpips_metric", "evaluate", "format_metrics"]
 
 # Canonical labels of the garment itself (not the arms or legs a mask also repaints), per category.
 GARMENT_COLOUR_LABELS = {"upper_body": (4,), "lower_body": (5, 6), "dresses": (7,)}
@@ -98,13 +98,19 @@ def vae_round_trip(vae, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def vae_floor(vae, truth01: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-image :func:`masked_region_error` of the round-tripped truth (images in [0, 1]): no result decoded by this
+    VAE can score better."""
+    return masked_region_error(to_unit(vae_round_trip(vae, truth01 * 2 - 1)), truth01, mask)
+
+
+@torch.no_grad()
 def vae_metrics(vae, dataset, limit: int | None = None) -> dict:
     """How faithfully ``vae`` reconstructs held-out toy images: the floor of every try-on result decoded by it.
 
     ``dataset``: toy unpaired test items (person, garment, target, target_parse, mask, category). Returns
     ``pixel_mae`` (mean |decode(encode(x)) − x| over the persons and garments, [0, 1]), ``colour_error``
-    (:func:`garment_colour_error` of the round-tripped truth) and ``masked_floor`` (:func:`masked_region_error` of the
-    round-tripped truth inside the agnostic mask: no result decoded by this VAE can score better)."""
+    (:func:`garment_colour_error` of the round-tripped truth) and ``masked_floor`` (:func:`vae_floor`)."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
     items = [dataset[i] for i in range(n)]
     stack = lambda k: torch.stack([it[k] for it in items])  # noqa: E731
@@ -115,7 +121,7 @@ def vae_metrics(vae, dataset, limit: int | None = None) -> dict:
     cats = [it["category"] for it in items]
     return dict(n=n, pixel_mae=float(mae), colour_error=float(garment_colour_error(rt, t01, stack("target_parse"),
                                                                                      cats).mean()),
-                masked_floor=float(masked_region_error(rt, t01, stack("mask")).mean()))
+                masked_floor=float(vae_floor(vae, t01, stack("mask")).mean()))
 
 
 def identification_candidates(n_test: int, garment: int, person: int, category: str, k: int = 16,
@@ -132,42 +138,37 @@ def identification_candidates(n_test: int, garment: int, person: int, category: 
     return [garment] + [int(j) for j in others]
 
 
-def identify_garments(results: torch.Tensor, items: list, info: dict, k: int = 16, seed: int = 0) -> torch.Tensor:
-    """For each result (B,3,H,W in [0, 1]) of a toy unpaired test item: is its masked-region error lowest against the
-    render of the person wearing the *right* garment, among K renders (right + K − 1 other test garments)? Toy only:
-    the generator renders the candidates (``info`` = the wardrobe's toy_info.json). Returns a (B,) bool tensor."""
+def candidate_tensors(items: list, info: dict, size, k: int = 16, seed: int = 0) -> list:
+    """For each toy unpaired test item, its K candidate renders (right garment first) as a (K,3,H,W) [0, 1] tensor at
+    ``size``, resized as the dataset readers resize the truth (``info`` = the wardrobe's toy_info.json)."""
     from PIL import Image
 
     from .data import image_to_tensor
     from .toydata import candidate_renders, test_index
 
-    hits = []
-    for res, it in zip(results, items):
+    out = []
+    for it in items:
         cat, person = test_index(info["layout"], Path(it["person_name"]).stem)
         _, garment = test_index(info["layout"], Path(it["garment_name"]).stem)
         cands = identification_candidates(info["n_test"], garment, person, cat, k, seed)
-        size = tuple(res.shape[-2:])
-        renders = torch.stack([to_unit(image_to_tensor(Image.fromarray(r), size))
-                               for r in candidate_renders(info, cat, person, cands)])
-        err = masked_region_error(res[None].expand_as(renders), renders, it["mask"][None].expand(len(renders), -1,
-                                                                                                   -1, -1))
+        out.append(torch.stack([to_unit(image_to_tensor(Image.fromarray(r), size))
+                                for r in candidate_renders(info, cat, person, cands)]))
+    return out
+
+
+def _identified(results: torch.Tensor, items: list, renders: list) -> torch.Tensor:
+    hits = []
+    for res, it, cands in zip(results, items, renders):
+        err = masked_region_error(res[None].expand_as(cands), cands, it["mask"][None].expand(len(cands), -1, -1, -1))
         hits.append(int(err.argmin()) == 0)
     return torch.tensor(hits)
 
 
-class _AnotherGarment(torch.utils.data.Dataset):
-    """Item ``i`` with the garment of item ``i + 1``: the same model given another test garment (a baseline that
-    costs no training; a model that ignores the garment scores the same with it)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        other = self.dataset[(i + 1) % len(self.dataset)]
-        return dict(self.dataset[i], garment=other["garment"])
+def identify_garments(results: torch.Tensor, items: list, info: dict, k: int = 16, seed: int = 0) -> torch.Tensor:
+    """For each result (B,3,H,W in [0, 1]) of a toy unpaired test item: is its masked-region error lowest against the
+    render of the person wearing the *right* garment, among K renders (right + K − 1 other test garments)? Toy only:
+    the generator renders the candidates (``info`` = the wardrobe's toy_info.json). Returns a (B,) bool tensor."""
+    return _identified(results, items, candidate_tensors(items, info, tuple(results.shape[-2:]), k, seed))
 
 
 @torch.no_grad()
@@ -182,30 +183,32 @@ def evaluate_toy(pipe, dataset, info: dict, steps: int = 20, scale: float = 2.0,
     how much the garment it was given decides the colour). ``keep_images`` adds ``images`` (N,3,H,W in [0, 1]) and
     ``per_image`` values. Sample ``i`` uses seed ``seed + i``."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    items = [dataset[i] for i in range(n)]
+    items = [dataset[i] for i in range(n)]  # loaded once: both runs and every metric read them
     truth = to_unit(torch.stack([it["target"] for it in items]))
     parse, mask = torch.stack([it["target_parse"] for it in items]), torch.stack([it["mask"] for it in items])
     cats = [it["category"] for it in items]
+    renders = candidate_tensors(items, info, tuple(truth.shape[-2:]), k, seed)  # the same for both runs
 
     def measure(data) -> dict:
-        res = evaluate(pipe, data, steps=steps, scale=scale, seed=seed, limit=n, lpips=False, progress=progress,
+        res = evaluate(pipe, data, steps=steps, scale=scale, seed=seed, lpips=False, progress=progress,
                        keep_images=True, distribution=False)
         out = res["images"]
         return dict(images=out, ssim=res["metrics"]["ssim"], psnr=res["metrics"]["psnr"],
                     masked_error=masked_region_error(out, truth, mask),
                     colour_error=garment_colour_error(out, truth, parse, cats),
-                    identification=identify_garments(out, items, info, k, seed).float())
+                    identification=_identified(out, items, renders).float())
 
-    own = measure(dataset)
-    floor = masked_region_error(to_unit(vae_round_trip(pipe.vae, truth * 2 - 1)), truth, mask)
+    own = measure(items)
+    floor = vae_floor(pipe.vae, truth, mask)
     result = dict(n=n, steps=steps, scale=scale, seed=seed, k=k, chance=1 / k, ssim=own["ssim"], psnr=own["psnr"])
     result.update({key: float(own[key].mean()) for key in ("masked_error", "colour_error", "identification")})
     result["vae_floor"] = float(floor.mean())
     result["floor_ratio"] = result["masked_error"] / result["vae_floor"]
     per_image = dict(masked_error=own["masked_error"].tolist(), colour_error=own["colour_error"].tolist(),
                      identified=own["identification"].bool().tolist(), vae_floor=floor.tolist())
-    if baseline:
-        other = measure(_AnotherGarment(dataset))
+    if baseline:  # item i with the garment of item i + 1: the same model given another test garment
+        garment = lambda j: items[j]["garment"] if j < n else dataset[j]["garment"]  # noqa: E731
+        other = measure([dict(it, garment=garment((i + 1) % len(dataset))) for i, it in enumerate(items)])
         result.update({f"{key}_other": float(other[key].mean())
                        for key in ("masked_error", "colour_error", "identification")})
         result["colour_ratio"] = result["colour_error_other"] / max(result["colour_error"], 1e-8)

@@ -34,7 +34,7 @@ from .hub import CLIP_REPO, OFFICIAL_REPO, check_weight_file, redownload_hint, r
 __all__ = ["OOTDModel", "build_toy_components", "build_sd15_components", "load_official_components", "widen_conv_in",
            "make_scheduler", "make_noise_scheduler", "toy_unet_config", "TOY_TOKENIZER", "COMPONENT_NAMES",
            "OFFICIAL_CHECKPOINT", "load_profile_components", "save_components", "add_variant", "load_vae",
-           "vae_factor", "official_variant"]
+           "official_variant"]
 
 COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet_garm", "unet_vton",
                    "scheduler")
@@ -167,12 +167,6 @@ def load_vae(folder, **kwargs):
         return AutoencoderTiny.from_pretrained(folder, **kwargs)
     finally:
         diffusers_logging.set_verbosity(verbosity)
-
-
-def vae_factor(vae) -> int:
-    """The VAE's downsampling factor (8 for SD's VAE and the toy VAE)."""
-    channels = getattr(vae.config, "block_out_channels", None) or vae.config.encoder_block_out_channels
-    return 2 ** (len(channels) - 1)
 
 
 def toy_text_config(tokenizer) -> CLIPTextConfig:
@@ -443,8 +437,6 @@ def save_components(components: dict, folder, variant: str = "hd") -> Path:
     ``folder/checkpoints/ootd/ootd_<variant>/checkpoint-36000/unet_{garm,vton}`` and the image encoder in
     ``folder/checkpoints/clip-vit-large-patch14`` — so :func:`load_official_components` reads it back.
     """
-    import os
-    import shutil
     import tempfile
 
     folder = Path(folder)
@@ -459,6 +451,15 @@ def save_components(components: dict, folder, variant: str = "hd") -> Path:
     clip = tmp / "checkpoints" / "clip-vit-large-patch14"
     components["image_encoder"].save_pretrained(clip)
     components["feature_extractor"].save_pretrained(clip)
+    return _swap_in(tmp, folder)
+
+
+def _swap_in(tmp: Path, folder: Path) -> Path:
+    """Rename the finished ``tmp`` folder to ``folder``, replacing what was there: a reader sees the old folder or the
+    new one, never a half-written one."""
+    import os
+    import shutil
+
     old = folder.with_name(f".{folder.name}.old")
     if folder.exists():
         os.replace(folder, old)
@@ -471,12 +472,12 @@ def add_variant(folder, unet_garm, unet_vton, variant: str) -> Path:
     """Add (or replace) one variant's UNets in a released-layout folder written by :func:`save_components`:
     ``checkpoints/ootd/ootd_<variant>/checkpoint-36000/unet_{garm,vton}``. The release keeps both variants beside one
     VAE and one set of encoders; so does the toy checkpoint. Written to a temporary folder and renamed into place."""
-    import os
-    import shutil
     import tempfile
 
-    if variant not in ("hd", "dc"):
-        raise InputError(f"variant={variant!r} must be 'hd' or 'dc'")
+    from .config import MODEL_TYPES
+
+    if variant not in MODEL_TYPES:
+        raise InputError(f"variant={variant!r} must be one of {MODEL_TYPES}")
     ootd = Path(folder) / "checkpoints" / "ootd"
     if not (ootd / "vae").is_dir():
         raise WeightsError(f"{folder} is not a released-layout folder (checkpoints/ootd/vae missing); write one with "
@@ -484,10 +485,4 @@ def add_variant(folder, unet_garm, unet_vton, variant: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".ootd_{variant}.", dir=ootd))
     unet_garm.save_pretrained(tmp / OFFICIAL_CHECKPOINT / "unet_garm")
     unet_vton.save_pretrained(tmp / OFFICIAL_CHECKPOINT / "unet_vton")
-    final = ootd / f"ootd_{variant}"
-    old = ootd / f".ootd_{variant}.old"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    return _swap_in(tmp, ootd / f"ootd_{variant}")

@@ -264,9 +264,7 @@ class OOTDPipeline(DiffusionPipeline):
 
     @property
     def vae_scale_factor(self) -> int:
-        from .models import vae_factor
-
-        return vae_factor(self.vae)
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)  # AutoencoderTiny records this key too
 
     # -- loading -------------------------------------------------------------------------------------------------------
     @classmethod
