@@ -79,6 +79,9 @@ class Config:
     torch_threads: int | None = None  # torch.set_num_threads for CPU runs
     # toy recipe only: the stand-in for SD's pretrained VAE is trained first (see ootd_lib.training.pretrain_toy_vae)
     vae_path: str | None = None  # a trained toy VAE folder to reuse (skips pre-training)
+    # start from trained UNets instead of the profile's: a released-layout folder (an exported run's pipeline/, the
+    # toy checkpoint; its model_type variant) or a checkpoint-N/ folder; the toy recipe's later stages use it
+    init_unets: str | None = None
     vae_pretrain_steps: int = 0
     vae_pretrain_lr: float = 1e-3
     vae_pretrain_batch_size: int = 8

@@ -286,6 +286,36 @@ def _load_unet(folder: Path, file_kwargs: dict, torch_dtype) -> UNet2DConditionM
     return UNet2DConditionModel.from_pretrained(folder, **file_kwargs, torch_dtype=torch_dtype)
 
 
+def load_unets(folder, variant: str = "hd", like: tuple | None = None) -> dict:
+    """``{"unet_garm", "unet_vton"}`` from a folder holding ``unet_garm/`` and ``unet_vton/`` (a released
+    ``checkpoint-N/``), or from the ``variant`` of a released-layout folder (an exported run's ``pipeline/``, the toy
+    checkpoint). ``like``: the (garm, vton) UNets they replace; a config that differs in shape (channels, latent
+    channels, cross-attention width) is a ``WeightsError`` naming the keys."""
+    folder = Path(folder)
+    if not (folder / "unet_garm").is_dir() and folder.is_dir():
+        _, pre = _official_root(folder)
+        folder = folder / pre / "ootd" / f"ootd_{official_variant(folder, variant)}" / OFFICIAL_CHECKPOINT
+    out = {}
+    for i, name in enumerate(("unet_garm", "unet_vton")):
+        sub = folder / name
+        if not (sub / "config.json").is_file():
+            raise WeightsError(f"{sub} holds no UNet (config.json missing); init_unets must name a folder with "
+                               "unet_garm/ and unet_vton/, such as a finished run's pipeline/")
+        unet = _load_unet(sub, {}, None)
+        if like is not None:
+            keys = ("in_channels", "out_channels", "block_out_channels", "cross_attention_dim", "layers_per_block")
+            diff = [k for k in keys if tuple(_listify(unet.config[k])) != tuple(_listify(like[i].config[k]))]
+            if diff:
+                raise WeightsError(f"{sub} does not fit this profile's {name}: {', '.join(diff)} differ "
+                                   f"({[unet.config[k] for k in diff]} vs {[like[i].config[k] for k in diff]})")
+        out[name] = unet
+    return out
+
+
+def _listify(value):
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
 def _load_clip_vision(clip_model, torch_dtype):
     """CLIP ViT image encoder + its processor (None when absent) from a local folder or a hub repo id."""
     root, variants = _select_files(clip_model, [""], repo_id=CLIP_REPO, torch_dtype=torch_dtype)

@@ -211,14 +211,19 @@ def _sharded(accelerator) -> bool:
 
 
 def build_components(cfg: Config) -> dict:
-    """Starting weights of the configured profile (the toy VAE is replaced in :func:`frozen_components`)."""
-    from .models import build_sd15_components, build_toy_components, load_official_components
+    """Starting weights of the configured profile (the toy VAE is replaced in :func:`frozen_components`), with the
+    UNets of ``init_unets`` when set."""
+    from .models import build_sd15_components, build_toy_components, load_official_components, load_unets
 
     if cfg.profile == "toy":
-        return build_toy_components(cfg.seed)
-    if cfg.profile == "sd15":
-        return build_sd15_components(cfg.pretrained, clip_model=cfg.clip_model or "openai/clip-vit-large-patch14")
-    return load_official_components(cfg.pretrained, cfg.model_type, clip_model=cfg.clip_model)
+        comps = build_toy_components(cfg.seed)
+    elif cfg.profile == "sd15":
+        comps = build_sd15_components(cfg.pretrained, clip_model=cfg.clip_model or "openai/clip-vit-large-patch14")
+    else:
+        comps = load_official_components(cfg.pretrained, cfg.model_type, clip_model=cfg.clip_model)
+    if cfg.init_unets:
+        comps.update(load_unets(cfg.init_unets, cfg.model_type, like=(comps["unet_garm"], comps["unet_vton"])))
+    return comps
 
 
 def frozen_components(cfg: Config, accelerator, device="cpu", dtype=torch.float32) -> dict:
