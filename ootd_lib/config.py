@@ -87,6 +87,10 @@ class Config:
     vae_pretrain_batch_size: int = 8
     vae_pretrain_crop: tuple[int, int] | None = (64, 48)  # random crops (H, W) keep CPU steps cheap; null: whole images
     vae_pretrain_l1_weight: float = 0.0  # loss = MSE + this × L1 (the shipped toy VAE: 0)
+    vae_init: str | None = None  # train-vae: continue this trained VAE folder instead of a random one
+    # False: train the decoder only. The encoder and scaling_factor stay as they were, so UNets trained on this VAE's
+    # latents stay valid while the decoder keeps learning
+    vae_train_encoder: bool = True
 
     # --- inference ---------------------------------------------------------------------------------------------
     num_inference_steps: int = 20

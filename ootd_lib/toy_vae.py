@@ -45,7 +45,8 @@ def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int
 
     pool = _vae_pool(dataset)
     vae.train()
-    opt = optimizer or torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    params = [p for p in vae.parameters() if p.requires_grad]  # the decoder only, with a frozen encoder
+    opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     h, w = pool.shape[-2:]
     ch, cw = crop if crop else (h, w)
     for step in tqdm(range(start, steps), desc="toy VAE", disable=not progress, initial=start, total=steps):
@@ -74,7 +75,8 @@ def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             checkpoint(step + 1, vae, opt)
     vae.eval()
-    set_latent_scaling(vae, pool[: min(len(pool), 256)])
+    if all(p.requires_grad for p in vae.encoder.parameters()):  # a frozen encoder keeps its latents and their scale
+        set_latent_scaling(vae, pool[: min(len(pool), 256)])
     return vae
 
 
@@ -115,18 +117,25 @@ def train_toy_vae(cfg: Config, resume: str | None = None, progress: bool = True)
 
     from .checkpoints import unflatten_optimizer
     from .data import build_dataset
-    from .models import build_toy_components
+    from .models import build_toy_components, load_vae
     from .viz import LossLog
 
     if cfg.profile != "toy":
         raise ConfigError(f"train-vae is the toy recipe's stage; profile {cfg.profile!r} starts from SD's pretrained VAE")
+    if cfg.vae_init and not (Path(cfg.vae_init) / "config.json").is_file():
+        raise ConfigError(f"vae_init={cfg.vae_init} holds no VAE (config.json missing); give a folder written by "
+                          "`ootd train-vae` (<output_dir>/vae)")
+    if not cfg.vae_train_encoder and not cfg.vae_init:
+        raise ConfigError("vae_train_encoder: false trains the decoder of a trained VAE; set vae_init to its folder")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(cfg, cache_dir=None)
-    vae = build_toy_components(cfg.seed)["vae"]
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_pretrain_lr, weight_decay=0.0)
+    vae = load_vae(cfg.vae_init) if cfg.vae_init else build_toy_components(cfg.seed)["vae"]
+    vae.encoder.requires_grad_(cfg.vae_train_encoder)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=cfg.vae_pretrain_lr,
+                            weight_decay=0.0)
     ckpts = out / "vae_checkpoints"
     start = 0
     if resume:

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from ootd_lib import training
 from ootd_lib.conditioning import encode_latents
 from ootd_lib.config import Config
-from ootd_lib.errors import ConfigError, TrainingError
+from ootd_lib.errors import ConfigError, TrainingError, WeightsError
 from ootd_lib.models import TOY_LATENT_CHANNELS, OOTDModel, build_toy_components, make_noise_scheduler
 from ootd_lib.toydata import generate_toy_dataset
 
@@ -527,3 +527,51 @@ def test_toy_vae_pretraining_reduces_reconstruction_error_and_sets_the_latent_sc
         z = encode_latents(vae, torch.stack([dataset.base[i][k] for i in range(len(dataset))
                                              for k in ("person", "garment")]))
     assert abs(float(z.std()) * vae.config.scaling_factor - 1) < 0.05
+
+
+def test_decoder_only_vae_training_keeps_the_encoder_and_latent_scale_and_lowers_the_error(tiny_data, tmp_path):
+    """The toy recipe's VAE may keep training its decoder after the UNets were trained on its latents: the encoder
+    (so every cached latent) and ``scaling_factor`` must not move, while reconstruction improves."""
+    from ootd_lib.data import build_dataset
+    from ootd_lib.models import load_vae
+    from ootd_lib.toy_vae import train_toy_vae
+
+    first = train_toy_vae(tiny_config(tiny_data, tmp_path / "a", vae_pretrain_steps=15, vae_pretrain_batch_size=4,
+                                      vae_pretrain_crop=None, vae_pretrain_l1_weight=1.0), progress=False)
+    cfg = tiny_config(tiny_data, tmp_path / "b", vae_init=str(first), vae_train_encoder=False,
+                      vae_pretrain_steps=30, vae_pretrain_batch_size=4, vae_pretrain_crop=None,
+                      vae_pretrain_l1_weight=1.0, seed=5)
+    second = train_toy_vae(cfg, progress=False)
+    a, b = load_vae(first), load_vae(second)
+    dataset = build_dataset(cfg, cache_dir=tmp_path / "masks", generate=False)
+    images = torch.stack([dataset.base[i]["person"] for i in range(4)])
+    with torch.no_grad():
+        za, zb = encode_latents(a, images), encode_latents(b, images)
+        err = [float((v.decode(z).sample - images).abs().mean()) for v, z in ((a, za), (b, zb))]
+    assert torch.equal(za, zb)  # bit-identical: frozen weights are never written
+    assert b.config.scaling_factor == a.config.scaling_factor
+    assert err[1] < err[0]
+    with pytest.raises(ConfigError, match="vae_init"):
+        train_toy_vae(tiny_config(tiny_data, tmp_path / "c", vae_train_encoder=False, vae_pretrain_steps=1))
+
+
+def test_init_unets_starts_a_run_from_trained_unets_and_refuses_ones_that_do_not_fit(tiny_data, tmp_path):
+    from ootd_lib.models import load_unets, toy_unet_config
+    from ootd_lib.training import build_components
+
+    src = training.train(tiny_config(tiny_data, tmp_path / "first"), progress=False)  # released layout
+    comps = build_components(tiny_config(tiny_data, tmp_path / "second", init_unets=str(src)))
+    trained = unet_weights(src)
+    for name in ("unet_garm", "unet_vton"):
+        for k, v in comps[name].state_dict().items():
+            assert torch.equal(v, trained[f"{name}.{k}"]), k  # loaded from the same file: bit-identical
+    # a checkpoint-N folder (holding unet_garm/, unet_vton/) works too
+    unets = src / "checkpoints" / "ootd" / "ootd_hd" / "checkpoint-36000"
+    assert torch.equal(load_unets(unets)["unet_vton"].conv_in.weight, comps["unet_vton"].conv_in.weight)
+    from diffusers import UNet2DConditionModel
+
+    other = UNet2DConditionModel(**dict(toy_unet_config(latent_channels=4), block_out_channels=(32, 64, 96)))
+    with pytest.raises(WeightsError, match="block_out_channels"):
+        load_unets(unets, like=(other, other))
+    with pytest.raises(WeightsError, match="holds neither"):
+        load_unets(unets / "unet_garm")  # one level too deep: neither unet_garm/ inside nor a released layout
