@@ -321,6 +321,10 @@ class OOTDPipeline(DiffusionPipeline):
         if self.lora is not None:
             self.unload_lora()
         check_adapter(meta, path, self.unet_garm, self.unet_vton, self.config.model_type)
+        trained, held = tuple(meta["resolution"]), (self.config.height, self.config.width)
+        if trained != held:  # it loads and runs, but was never trained at this size
+            warnings.warn(f"LoRA adapter {path} was trained at {trained[1]}×{trained[0]}, the pipeline samples at "
+                          f"{held[1]}×{held[0]}", OOTDWarning, stacklevel=2)
         restore = load_adapter(path, meta, self.unet_garm, self.unet_vton, scale)
         self._lora = dict(path=str(path), meta=meta, scale=float(scale), fused=False, restore=restore)
         return self

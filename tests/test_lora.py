@@ -56,7 +56,7 @@ def adapter_model(seed=0, lora_seed=1, rank=4, targets=("attn",)):
     untouched base components."""
     comps = build_toy_components(seed)
     model = OOTDModel(copy.deepcopy(comps["unet_garm"]), copy.deepcopy(comps["unet_vton"]))
-    cfg = Config.for_profile("toy", lora_rank=rank, lora_targets=targets, seed=seed)
+    cfg = Config.for_profile("toy", lora_rank=rank, lora_targets=targets, seed=seed, resolution=(H, W))
     lora.add_lora(model, cfg)
     g = torch.Generator().manual_seed(lora_seed)
     with torch.no_grad():
@@ -279,7 +279,9 @@ def test_ootd_tryon_lora_on_the_shipped_toy_checkpoint(tiny_data, tmp_path, caps
     args = ["tryon", "--person", str(person), "--garment", str(garment), "--mask", str(tmp_path / "mask.png"),
             "--steps", "2", "--device", "cpu"]
     assert ootd(args + ["--out", str(tmp_path / "base.png")]) == 0
+    capsys.readouterr()
     assert ootd(args + ["--lora", str(adapter), "--out", str(tmp_path / "lora.png")]) == 0
+    assert "warning: LoRA adapter" in capsys.readouterr().err  # trained at 64×48, the toy checkpoint samples 128×96
     base, adapted = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=np.int16) for n in ("base", "lora"))
     assert base.shape == adapted.shape and np.abs(base - adapted).max() > 0
     capsys.readouterr()
