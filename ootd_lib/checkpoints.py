@@ -36,8 +36,8 @@ import torch
 from .errors import ConfigError, TrainingError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "prune_checkpoints", "read_checkpoint_state",
-           "config_changes", "prepare_run_folder", "flatten_optimizer", "trained_names", "unflatten_optimizer", "is_main_process",
-           "RUN_OUTPUTS", "CHECKPOINT_FORMAT"]
+           "config_changes", "prepare_run_folder", "flatten_optimizer", "unflatten_optimizer", "is_main_process",
+           "trained_names", "RUN_OUTPUTS", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 2  # 2: optimizer state keyed by parameter name, config and EMA counters in state.json
 # What `train` writes into its output folder (the toy VAE stage's vae/, vae_checkpoints/, logs_vae/ are its inputs).
@@ -125,8 +125,9 @@ def save_checkpoint(folder, model, optimizer, lr_scheduler, state: dict, ema=Non
                   tmp / "ema.safetensors")
         ema_meta = ema_state
     np_state = np.random.get_state()
-    meta = dict(state, format=CHECKPOINT_FORMAT, weights="trained" if trained_only else "all", optimizer=opt_meta, lr_scheduler=lr_scheduler.state_dict(),
-                ema=ema_meta, scaler=scaler.state_dict() if scaler is not None else None,
+    meta = dict(state, format=CHECKPOINT_FORMAT, weights="trained" if trained_only else "all", optimizer=opt_meta,
+                lr_scheduler=lr_scheduler.state_dict(), ema=ema_meta,
+                scaler=scaler.state_dict() if scaler is not None else None,
                 python_random=[random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
                 numpy_random=[np_state[0], np_state[1].tolist(), *np_state[2:]])
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))

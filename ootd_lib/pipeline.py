@@ -309,7 +309,7 @@ class OOTDPipeline(DiffusionPipeline):
                              f"or pass {pipe.config.model_type!r}")
         return pipe
 
-    # -- LoRA adapters (ootd_lib.lora) ----------------------------------------------------------------------------------
+    # -- LoRA adapters (ootd_lib.lora) ---------------------------------------------------------------------------------
     def load_lora(self, path, scale: float = 1.0) -> "OOTDPipeline":
         """Load the LoRA adapter folder ``path`` (a training run's ``lora/``) into both UNets, its low-rank updates
         scaled by ``scale`` (0: the base model). Refused with a ``WeightsError`` when it was trained on another variant

@@ -54,8 +54,8 @@ from .errors import ConfigError, DataError, OOTDError, TrainingError
 from .viz import LossLog, plot_loss, sample_grid
 
 __all__ = ["train", "training_step", "optimizer_step", "draw_randomness", "loss_weights",
-           "StepBatchSampler", "build_components", "trainable_model", "export_lora", "optimizer_parts", "make_ema", "full_unets",
-           "FSDP_UNITS", "main"]
+           "StepBatchSampler", "build_components", "trainable_model", "optimizer_parts", "make_ema", "full_unets",
+           "export_lora", "FSDP_UNITS", "main"]
 
 
 # --- the step ------------------------------------------------------------------------------------------------------------
@@ -525,8 +525,8 @@ def export_pipeline(cfg: Config, comps: dict, unets) -> Path:
 
 
 def export_lora(cfg: Config, model, base: dict) -> Path:
-    """``<output_dir>/lora``: the adapters of both UNets and what they were trained on (:func:`ootd_lib.lora.save_adapter`;
-    main process only). Replaces the one an earlier stretch of this run wrote (a resumed, extended run)."""
+    """``<output_dir>/lora``: the adapters of both UNets and what they were trained on (main process only;
+    :func:`ootd_lib.lora.save_adapter`). Replaces the one an earlier stretch of this run wrote (a resumed run)."""
     from .lora import adapter_meta, save_adapter
 
     final = Path(cfg.output_dir) / "lora"
