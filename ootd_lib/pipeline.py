@@ -313,11 +313,11 @@ class OOTDPipeline(DiffusionPipeline):
     def load_lora(self, path, scale: float = 1.0) -> "OOTDPipeline":
         """Load the LoRA adapter folder ``path`` (a training run's ``lora/``) into both UNets, its low-rank updates
         scaled by ``scale`` (0: the base model). Refused with a ``WeightsError`` when it was trained on another variant
-        or base. An adapter already loaded is unloaded first, so the new one replaces it. (An sd15-based adapter's
-        fully trained ``conv_in`` is not scaled.)"""
+        or base. An adapter already loaded is unloaded first, so the new one replaces it (a refused one then leaves
+        the base model). An sd15-based adapter's fully trained ``conv_in`` is not scaled."""
         from .lora import check_adapter, load_adapter, read_adapter
 
-        meta = read_adapter(path)  # a broken folder leaves the loaded adapter in place
+        meta = read_adapter(path)  # an incomplete folder leaves the loaded adapter in place
         if self.lora is not None:
             self.unload_lora()
         check_adapter(meta, path, self.unet_garm, self.unet_vton, self.config.model_type)
