@@ -35,10 +35,11 @@ __all__ = ["tryon_files", "mask_person_file", "train_from_cli", "train_vae_from_
 
 def tryon_files(person, garment, category="upper_body", mask=None, model=None, official=None, variant=None,
                 steps=20, scale=2.0, seed=0, samples=1, out="result.png", device=None, weights=None,
-                paste_back=False) -> list[Path]:
+                paste_back=False, lora=None, lora_scale=1.0) -> list[Path]:
     """``ootd tryon``: read the images, load the model (default: the shipped toy checkpoint), write the result(s).
 
     ``variant``: ``hd`` / ``dc`` for ``model`` and ``official`` (None: what the folder says, else ``hd``).
+    ``lora``: a LoRA adapter folder loaded into the model at ``lora_scale`` (:meth:`OOTDPipeline.load_lora`).
 
     With ``samples > 1`` the files are ``out`` with ``_0``, ``_1``, ... before the suffix. Returns the written paths.
     Everything the user passed is checked before a model loads: the device, the image files (decoded), the output
@@ -55,8 +56,14 @@ def tryon_files(person, garment, category="upper_body", mask=None, model=None, o
             raise InputError(f"{flag} must be >= 1, got {value}")
     if category not in CATEGORIES:
         raise InputError(f"category {category!r} must be one of {CATEGORIES}")
+    if lora:
+        from .lora import read_adapter
+
+        read_adapter(lora)  # a missing or incomplete adapter folder: reported before the model loads
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = load_pipeline(model, official, variant, torch_dtype=dtype)
+    if lora:
+        pipe.load_lora(lora, scale=lora_scale)
     pipe.to(device)
     parser = pose = None
     if mask_img is None:
@@ -121,7 +128,7 @@ def train_from_cli(config, output_dir=None, max_steps=None, resume=None, overwri
 
     cfg = Config.from_yaml(config, output_dir=str(output_dir) if output_dir else None, max_train_steps=max_steps)
     final = train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
-    print(f"trained pipeline written to {final}")
+    print(f"trained {'LoRA adapter' if cfg.lora_rank else 'pipeline'} written to {final}")
     return final
 
 

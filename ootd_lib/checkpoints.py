@@ -2,7 +2,9 @@
 
 A checkpoint folder ``<output_dir>/checkpoints/checkpoint-N`` holds
 
-* ``model.safetensors`` — the full weights of the trained model (both UNets, keys ``unet_garm.*`` / ``unet_vton.*``);
+* ``model.safetensors`` — the full weights of the trained model (both UNets, keys ``unet_garm.*`` / ``unet_vton.*``),
+  or with ``trained_only`` (LoRA runs) only the parameters that train (``state.json``: ``"weights": "trained"``; the
+  frozen base is rebuilt from the config on resume);
 * ``optimizer.safetensors`` — the optimizer state, tensors keyed ``<parameter name>.<state key>``;
 * ``ema.safetensors`` — the EMA shadow weights (with ``use_ema``);
 * ``rng.safetensors`` — torch's RNG states;
@@ -35,11 +37,11 @@ from .errors import ConfigError, TrainingError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "prune_checkpoints", "read_checkpoint_state",
            "config_changes", "prepare_run_folder", "flatten_optimizer", "unflatten_optimizer", "is_main_process",
-           "RUN_OUTPUTS", "CHECKPOINT_FORMAT"]
+           "trained_names", "RUN_OUTPUTS", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 2  # 2: optimizer state keyed by parameter name, config and EMA counters in state.json
 # What `train` writes into its output folder (the toy VAE stage's vae/, vae_checkpoints/, logs_vae/ are its inputs).
-RUN_OUTPUTS = ("config.yaml", "checkpoints", "logs", "samples", "pipeline", "timing.json")
+RUN_OUTPUTS = ("config.yaml", "checkpoints", "logs", "samples", "pipeline", "lora", "timing.json")
 # Config keys a resumed run may change: where and how often it reports, not what it computes.
 RESUME_FREE_KEYS = frozenset({"output_dir", "checkpointing_steps", "checkpoints_total_limit", "log_every",
                               "sample_every", "sample_pairs", "report_to", "num_workers", "torch_threads",
@@ -80,9 +82,16 @@ def _optimizer(optimizer):
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------------
-def save_checkpoint(folder, model, optimizer, lr_scheduler, state: dict, ema=None, scaler=None) -> Path | None:
+def trained_names(model) -> set[str]:
+    """Names of the parameters of ``model`` (unwrapped from DDP) that train."""
+    return {n for n, p in getattr(model, "module", model).named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(folder, model, optimizer, lr_scheduler, state: dict, ema=None, scaler=None,
+                    trained_only: bool = False) -> Path | None:
     """Write ``folder`` atomically. Every process calls this (see the module docstring); the main process writes and
-    gets the folder back, the others get None.
+    gets the folder back, the others get None. ``trained_only``: ``model.safetensors`` holds only the parameters that
+    require grad (a LoRA run: the adapters, not the frozen base).
 
     ``state``: the JSON-able training state (step, counters, the run's config). Everything goes into a temporary
     sibling folder renamed into place at the end, so a kill mid-write leaves either the previous checkpoint or the
@@ -95,6 +104,9 @@ def save_checkpoint(folder, model, optimizer, lr_scheduler, state: dict, ema=Non
                                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not is_main_process():
         return None
+    if trained_only:
+        keep = trained_names(model)
+        model_state = {k: v for k, v in model_state.items() if k in keep}
     folder = Path(folder)
     tmp = folder.with_name(f".tmp-{folder.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -113,8 +125,9 @@ def save_checkpoint(folder, model, optimizer, lr_scheduler, state: dict, ema=Non
                   tmp / "ema.safetensors")
         ema_meta = ema_state
     np_state = np.random.get_state()
-    meta = dict(state, format=CHECKPOINT_FORMAT, optimizer=opt_meta, lr_scheduler=lr_scheduler.state_dict(),
-                ema=ema_meta, scaler=scaler.state_dict() if scaler is not None else None,
+    meta = dict(state, format=CHECKPOINT_FORMAT, weights="trained" if trained_only else "all", optimizer=opt_meta,
+                lr_scheduler=lr_scheduler.state_dict(), ema=ema_meta,
+                scaler=scaler.state_dict() if scaler is not None else None,
                 python_random=[random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
                 numpy_random=[np_state[0], np_state[1].tolist(), *np_state[2:]])
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
@@ -153,8 +166,13 @@ def load_checkpoint(folder, model, optimizer, lr_scheduler, ema=None, scaler=Non
     tensors = {name: read(f"{name}.safetensors") for name in ("model", "optimizer", "rng")}
     shadow = read("ema.safetensors") if ema is not None and (folder / "ema.safetensors").is_file() else None
     optim_state = unflatten_optimizer(tensors["optimizer"], meta["optimizer"])
+    partial = meta.get("weights") == "trained"  # the frozen base comes from the config, the rest from the file
+    missing = sorted(trained_names(model) - set(tensors["model"])) if partial else []
+    if missing:
+        raise TrainingError(f"checkpoint {folder} holds only trained parameters but lacks {missing[:3]}...; resume "
+                            "with the config it was written with (same lora_rank / lora_targets)")
     set_state_dict(model, _optimizer(optimizer), model_state_dict=tensors["model"],
-                   optim_state_dict=optim_state, options=StateDictOptions(full_state_dict=True))
+                   optim_state_dict=optim_state, options=StateDictOptions(full_state_dict=True, strict=not partial))
     lr_scheduler.load_state_dict(meta["lr_scheduler"])
     rng = tensors["rng"]
     torch.set_rng_state(rng["torch"])
@@ -209,8 +227,13 @@ def prune_checkpoints(output_dir, keep: int) -> None:
 # --- run folders ------------------------------------------------------------------------------------------------------
 def config_changes(saved: dict, cfg) -> dict:
     """``{key: (saved value, new value)}`` for every key of ``cfg`` that changes what a resumed run computes."""
+    import dataclasses
+
     free = RESUME_FREE_KEYS | ({"max_train_steps"} if cfg.lr_scheduler in STEP_FREE_SCHEDULES else set())
     new = cfg.to_dict()
+    # a key the checkpoint predates (lora_rank, ...) had its default then
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    saved = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in defaults.items()}, **saved}
     return {k: (saved.get(k), v) for k, v in new.items() if k not in free and saved.get(k) != v}
 
 

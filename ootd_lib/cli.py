@@ -51,7 +51,7 @@ def _run_tryon(args):
     tryon_files(person=args.person, garment=args.garment, category=args.category, mask=args.mask,
                 model=args.model, official=args.official, variant=args.variant, steps=args.steps,
                 scale=args.scale, seed=args.seed, samples=args.samples, out=args.out, device=args.device,
-                weights=args.weights, paste_back=args.paste_back)
+                weights=args.weights, paste_back=args.paste_back, lora=args.lora, lora_scale=args.lora_scale)
 
 
 def _run_train(args):
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--samples", type=int, default=1)
     s.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
+    s.add_argument("--lora", type=Path, default=None,
+                   help="LoRA adapter folder (a training run's lora/) to load into the model; it must be its base")
+    s.add_argument("--lora-scale", type=float, default=1.0, help="scale of the adapter's updates (0 = the base model)")
     s.add_argument("--paste-back", action="store_true",
                    help="blend the result into the original photo outside the mask (feathered); off = as released")
     s.add_argument("--out", type=Path, default=Path("result.png"))

@@ -24,6 +24,7 @@ MODEL_TYPES = ("hd", "dc")
 LOSS_WEIGHTINGS = ("none", "truncated_snr")
 CATEGORIES = ("upper_body", "lower_body", "dresses")
 LAYOUTS = ("vitonhd", "dresscode")
+LORA_TARGETS = ("attn", "ff", "conv")  # layer groups LoRA adapters may go on (ootd_lib.lora.target_modules)
 
 # Where the shipped toy checkpoint lives (released folder layout, see assets/README.md).
 TOY_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "toy_checkpoint"
@@ -82,6 +83,12 @@ class Config:
     # start from trained UNets instead of the profile's: a released-layout folder (an exported run's pipeline/, the
     # toy checkpoint; its model_type variant) or a checkpoint-N/ folder; the toy recipe's later stages use it
     init_unets: str | None = None
+    # LoRA (ootd_lib.lora): rank 0 trains both UNets in full (the paper); rank > 0 freezes them and trains low-rank
+    # adapters on the target groups: attn (to_q/to_k/to_v/to_out.0), ff (feed-forward linears), conv (resnet convs)
+    lora_rank: int = 0
+    lora_alpha: float | None = None  # the adapters' scale is alpha / rank; null: alpha = rank (scale 1)
+    lora_targets: tuple[str, ...] = ("attn",)
+    lora_dropout: float = 0.0
     vae_pretrain_steps: int = 0
     vae_pretrain_lr: float = 1e-3
     vae_pretrain_batch_size: int = 8
@@ -138,6 +145,16 @@ class Config:
         check("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         for c in self.categories:
             check("categories[]", c, CATEGORIES)
+        for t in self.lora_targets:
+            check("lora_targets[]", t, LORA_TARGETS)
+        if self.lora_rank and (not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets)):
+            raise ConfigError(f"config field lora_targets={list(self.lora_targets)!r} must name each of {LORA_TARGETS} "
+                              "at most once, and at least one of them when lora_rank > 0")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ConfigError(f"config field lora_alpha={self.lora_alpha!r} must be > 0 or null (alpha = rank)")
+        if self.lora_rank and self.use_ema:
+            raise ConfigError("use_ema is not supported with lora_rank > 0 (the EMA would shadow the frozen base "
+                              "too); set use_ema: false or lora_rank: 0")
         h, w = self.resolution
         if h <= 0 or w <= 0 or h % 8 or w % 8:
             raise ConfigError(f"config field resolution={list(self.resolution)!r} must be [H, W], both positive "
@@ -149,11 +166,11 @@ class Config:
         at_least(1, "max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
                  "log_every", "max_nonfinite_in_a_row", "sample_pairs", "num_inference_steps",
                  "vae_pretrain_batch_size", "torch_threads")
-        at_least(0, "lr_warmup_steps", "toy_train", "toy_test", "num_workers", "checkpoints_total_limit",
+        at_least(0, "lora_rank", "lr_warmup_steps", "toy_train", "toy_test", "num_workers", "checkpoints_total_limit",
                  "sample_every", "vae_pretrain_steps", "max_grad_norm", "adam_weight_decay",
                  "vae_pretrain_l1_weight", "image_guidance_scale")
         positive("learning_rate", "adam_epsilon", "vae_pretrain_lr")
-        fraction("adam_beta1", "adam_beta2", top_open=True)
+        fraction("adam_beta1", "adam_beta2", "lora_dropout", top_open=True)
         # p = 1 (garment always dropped) is allowed for the ablation baseline only: such a model ignores the garment
         fraction("outfitting_dropout", "ema_decay")
 
@@ -198,6 +215,7 @@ class Config:
         d = dataclasses.asdict(self)
         d["resolution"] = list(self.resolution)
         d["categories"] = list(self.categories)
+        d["lora_targets"] = list(self.lora_targets)
         d["vae_pretrain_crop"] = list(self.vae_pretrain_crop) if self.vae_pretrain_crop is not None else None
         return d
 

@@ -309,6 +309,57 @@ class OOTDPipeline(DiffusionPipeline):
                              f"or pass {pipe.config.model_type!r}")
         return pipe
 
+    # -- LoRA adapters (ootd_lib.lora) ---------------------------------------------------------------------------------
+    def load_lora(self, path, scale: float = 1.0) -> "OOTDPipeline":
+        """Load the LoRA adapter folder ``path`` (a training run's ``lora/``) into both UNets, its low-rank updates
+        scaled by ``scale`` (0: the base model). Refused with a ``WeightsError`` when it was trained on another variant
+        or base. An adapter already loaded is unloaded first, so the new one replaces it (a refused one then leaves
+        the base model). An sd15-based adapter's fully trained ``conv_in`` is not scaled."""
+        from .lora import check_adapter, load_adapter, read_adapter
+
+        meta = read_adapter(path)  # an incomplete folder leaves the loaded adapter in place
+        if self.lora is not None:
+            self.unload_lora()
+        check_adapter(meta, path, self.unet_garm, self.unet_vton, self.config.model_type)
+        trained, held = tuple(meta["resolution"]), (self.config.height, self.config.width)
+        if trained != held:  # it loads and runs, but was never trained at this size
+            warnings.warn(f"LoRA adapter {path} was trained at {trained[1]}×{trained[0]}, the pipeline samples at "
+                          f"{held[1]}×{held[0]}", OOTDWarning, stacklevel=2)
+        restore = load_adapter(path, meta, self.unet_garm, self.unet_vton, scale)
+        self._lora = dict(path=str(path), meta=meta, scale=float(scale), fused=False, restore=restore)
+        return self
+
+    @property
+    def lora(self) -> dict | None:
+        """The loaded adapter: ``path``, ``meta`` (its ``ootd_lora.json``), ``scale``, ``fused``; None without one."""
+        return getattr(self, "_lora", None)
+
+    def _require_lora(self, what: str) -> dict:
+        if self.lora is None:
+            raise InputError(f"{what}: no LoRA adapter is loaded; call pipe.load_lora(path) first")
+        return self.lora
+
+    def fuse_lora(self) -> None:
+        """Merge the adapter (at its scale) into the UNets' weights: sampling then costs what the base does."""
+        if not self._require_lora("fuse_lora")["fused"]:
+            self.unet_garm.fuse_lora()
+            self.unet_vton.fuse_lora()
+            self._lora["fused"] = True
+
+    def unfuse_lora(self) -> None:
+        """Undo :meth:`fuse_lora` (the base weights come back up to float rounding: W + ΔW − ΔW)."""
+        if self._require_lora("unfuse_lora")["fused"]:
+            self.unet_garm.unfuse_lora()
+            self.unet_vton.unfuse_lora()
+            self._lora["fused"] = False
+
+    def unload_lora(self) -> None:
+        """Remove the adapter from both UNets (unfusing it first): the pipeline is its base model again."""
+        from .lora import unload_adapter
+
+        unload_adapter(self.unet_garm, self.unet_vton, self._require_lora("unload_lora")["restore"])
+        self._lora = None
+
     # -- pieces of a call ----------------------------------------------------------------------------------------------
     def prepare_inputs(self, person, garment, mask):
         """→ person (B,3,H,W), garment (B,3,H,W) in [-1,1] and mask (B,1,H,W) {0,1}, all at the model resolution."""

@@ -107,13 +107,18 @@ class TryOnPlayground:
         parser, pose: released estimators (``HumanParser``, ``OpenPoseBody``) to mask uploaded persons; without them an
             uploaded person needs an uploaded mask.
         steps, scale, seed: initial control values.
+        lora, lora_scale: a LoRA adapter folder (a training run's ``lora/``) loaded at ``lora_scale`` into the pipeline
+            (of a dict: the one of the adapter's variant) with :meth:`~ootd_lib.pipeline.OOTDPipeline.load_lora`.
     """
 
-    def __init__(self, pipe, gallery=None, parser=None, pose=None, steps: int = 20, scale: float = 2.0, seed: int = 0):
+    def __init__(self, pipe, gallery=None, parser=None, pose=None, steps: int = 20, scale: float = 2.0, seed: int = 0,
+                 lora=None, lora_scale: float = 1.0):
         import ipywidgets as w
 
         self.pipes = dict(pipe) if isinstance(pipe, dict) else None
         self.pipe = pipe if self.pipes is None else next(iter(self.pipes.values()))
+        if lora is not None:
+            self._load_lora(lora, lora_scale)
         self.parser, self.pose = parser, pose
         if isinstance(gallery, (str, Path)):
             gallery = gallery_from_folder(gallery)
@@ -173,6 +178,16 @@ class TryOnPlayground:
             self._guarded(lambda: self._pick_garment(0))
         if self.error is None:
             self._set_status("choose a person and a garment, then press Run")
+
+    def _load_lora(self, path, scale: float):
+        """The adapter into the pipeline of its variant (one pipeline: that one, which refuses another variant)."""
+        from .lora import read_adapter
+
+        variant = read_adapter(path)["model_type"]
+        if self.pipes is not None and variant not in self.pipes:
+            raise InputError(f"LoRA adapter {path} was trained on the {variant} variant, but the playground holds "
+                             f"{sorted(self.pipes)}; add a {variant} pipeline or pass another adapter")
+        (self.pipes[variant] if self.pipes is not None else self.pipe).load_lora(path, scale=scale)
 
     def _default_model_type(self, options) -> str:
         mt = getattr(getattr(self.pipe, "config", None), "model_type", "hd")

@@ -22,6 +22,10 @@ One training step (paper recipe, :func:`training_step`)::
    non-finite-loss guard; checkpoints, the loss log and sample grids (:mod:`ootd_lib.viz`);
 5. the export — the released folder layout, with the resolution and model type in ``model_index.json``.
 
+LoRA (``lora_rank > 0``, :mod:`ootd_lib.lora`): the same loop on the same data, with both UNets frozen (held in the
+mixed-precision dtype) and peft adapters training in float32; checkpoints hold the adapters only, and the export is an
+adapter folder ``lora/`` instead of a whole pipeline.
+
 Exact by construction: the samples of every micro-batch (:class:`StepBatchSampler`) and its noise, timesteps and
 dropout (:func:`draw_randomness`) are pure functions of ``(seed, optimizer step, micro-step, process)``, drawn for the
 global batch. A resumed run (at any step, mid-epoch too) is bit-identical to an uninterrupted one; accumulation and
@@ -51,7 +55,7 @@ from .viz import LossLog, plot_loss, sample_grid
 
 __all__ = ["train", "training_step", "optimizer_step", "draw_randomness", "loss_weights",
            "StepBatchSampler", "build_components", "trainable_model", "optimizer_parts", "make_ema", "full_unets",
-           "FSDP_UNITS", "main"]
+           "export_lora", "FSDP_UNITS", "main"]
 
 
 # --- the step ------------------------------------------------------------------------------------------------------------
@@ -252,15 +256,28 @@ def training_data(cfg: Config, comps: dict, accelerator, dtype):
     return cache_latents(dataset, comps, cfg.model_type, accelerator.device, dtype=dtype)
 
 
-def trainable_model(comps: dict, cfg: Config):
+def trainable_model(comps: dict, cfg: Config, dtype: torch.dtype = torch.float32):
     """``OOTDModel`` on the two UNets, with the garment UNet's unused tail frozen: the layers after the input of its
     last transformer block never influence the loss, so freezing them changes nothing but lets DDP run without
-    ``find_unused_parameters`` and keeps them out of the optimizer."""
+    ``find_unused_parameters`` and keeps them out of the optimizer.
+
+    ``lora_rank > 0``: both UNets frozen with LoRA adapters (:func:`ootd_lib.lora.add_lora`); the frozen weights in
+    ``dtype`` (the mixed-precision one), what trains in float32 (diffusers' ``cast_training_params``)."""
     from .models import OOTDModel
 
     model = OOTDModel(comps["unet_garm"], comps["unet_vton"]).train()
-    for name in model.fusion.unused_garment_parameters():
-        model.unet_garm.get_parameter(name).requires_grad_(False)
+    if cfg.lora_rank:
+        from diffusers.training_utils import cast_training_params
+
+        from .lora import add_lora
+
+        add_lora(model, cfg)
+        if dtype != torch.float32:
+            model.to(dtype)
+            cast_training_params(model, torch.float32)
+    else:
+        for name in model.fusion.unused_garment_parameters():
+            model.unet_garm.get_parameter(name).requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.unet_garm.enable_gradient_checkpointing()
         model.unet_vton.enable_gradient_checkpointing()
@@ -345,12 +362,13 @@ def skipped_step(accelerator, cfg: Config, step: int, in_a_row: int):
 # --- the loop -------------------------------------------------------------------------------------------------------------
 def train(cfg: Config, resume: str | None = None, progress: bool = True, overwrite: bool = False,
           allow_config_change: bool = False) -> Path:
-    """Train both UNets as configured; returns the folder of the exported pipeline (released layout).
+    """Train both UNets as configured; returns the folder of the exported pipeline (released layout), or of the
+    adapter folder ``lora/`` of a LoRA run (``lora_rank > 0``).
 
     ``resume``: ``"latest"`` or a checkpoint folder. ``overwrite``: delete an earlier run in ``cfg.output_dir``
     (refused otherwise). ``allow_config_change``: resume although the config differs from the checkpoint's. Writes
     under ``cfg.output_dir``: ``config.yaml``, ``vae/`` (toy), ``checkpoints/``, ``logs/loss.csv`` (+ ``loss.png``),
-    ``samples/step-N.png``, ``timing.json`` and ``pipeline/`` (the final weights).
+    ``samples/step-N.png``, ``timing.json`` and ``pipeline/`` (the final weights) or ``lora/`` (the adapters).
     """
     from tqdm.auto import tqdm
 
@@ -374,8 +392,13 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
         raise DataError(f"{cfg.data_root} has {len(train_data)} training pairs, fewer than one batch of "
                         f"{cfg.train_batch_size}")
 
-    # the trained model
-    model = trainable_model(comps, cfg)
+    # the trained model (LoRA: the base UNets' record is taken before adapters and casts touch them)
+    if cfg.lora_rank and _sharded(accelerator):
+        raise ConfigError("lora_rank > 0 is not supported under FSDP (the adapters are small: train them with DDP)")
+    from .lora import base_record
+
+    lora_base = base_record(comps["unet_garm"], comps["unet_vton"]) if cfg.lora_rank else None
+    model = trainable_model(comps, cfg, dtype)
     optimizer, lr_scheduler = optimizer_parts(cfg, model, accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)  # not the LR schedule: it steps at every step, skipped too
     raw_model, noise_scheduler, sharded = accelerator.unwrap_model(model), make_noise_scheduler(), _sharded(accelerator)
@@ -410,7 +433,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
         if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
             save_checkpoint(out / "checkpoints" / f"checkpoint-{step}", model, optimizer, lr_scheduler,
                             dict(step=step, nonfinite=nonfinite, world=world, config=cfg.to_dict()), ema,
-                            getattr(accelerator, "scaler", None))
+                            getattr(accelerator, "scaler", None), trained_only=bool(cfg.lora_rank))
             if main:
                 prune_checkpoints(out, cfg.checkpoints_total_limit)
             accelerator.wait_for_everyone()
@@ -423,8 +446,11 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     if ema is not None:
         ema.copy_to(raw_model.parameters())
     raw_model.fusion.clear()
-    final = export_pipeline(cfg, comps if dtype == torch.float32 else frozen_components(cfg, accelerator),
-                            full_unets(model, sharded))
+    if cfg.lora_rank:
+        final = export_lora(cfg, raw_model, lora_base)
+    else:
+        final = export_pipeline(cfg, comps if dtype == torch.float32 else frozen_components(cfg, accelerator),
+                                full_unets(model, sharded))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
@@ -498,6 +524,20 @@ def export_pipeline(cfg: Config, comps: dict, unets) -> Path:
     return final
 
 
+def export_lora(cfg: Config, model, base: dict) -> Path:
+    """``<output_dir>/lora``: the adapters of both UNets and what they were trained on (main process only;
+    :func:`ootd_lib.lora.save_adapter`). Replaces the one an earlier stretch of this run wrote (a resumed run)."""
+    from .lora import adapter_meta, save_adapter
+
+    final = Path(cfg.output_dir) / "lora"
+    if is_main_process():
+        save_adapter(final, model, adapter_meta(cfg, base, cfg.max_train_steps), overwrite=True)
+        out = Path(cfg.output_dir)
+        if (out / "logs" / "loss.csv").exists():
+            plot_loss(out / "logs" / "loss.csv", out / "logs" / "loss.png")
+    return final
+
+
 def _write_model_index(folder: Path, vae_class: str = "AutoencoderKL", **config):
     """``model_index.json`` as in the released folder, naming the stock classes each component loads with, plus the
     pipeline's config (``height``, ``width``, ``model_type``) as ``DiffusionPipeline.save_pretrained`` writes it."""
@@ -524,7 +564,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cfg = Config.from_yaml(args.config, output_dir=args.output_dir or None, max_train_steps=args.max_steps)
     final = train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
-    print(f"trained pipeline written to {final}")
+    print(f"trained {'LoRA adapter' if cfg.lora_rank else 'pipeline'} written to {final}")
     return 0
 
 
