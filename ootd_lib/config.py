@@ -81,7 +81,7 @@ class Config:
     # toy recipe only: the stand-in for SD's pretrained VAE is trained first (see ootd_lib.training.pretrain_toy_vae)
     vae_path: str | None = None  # a trained toy VAE folder to reuse (skips pre-training)
     # start from trained UNets instead of the profile's: a released-layout folder (an exported run's pipeline/, the
-    # toy checkpoint; its model_type variant) or a checkpoint-N/ folder; the toy recipe's later stages use it
+    # toy checkpoint; its model_type variant; the toy profile takes its frozen encoders too) or a checkpoint-N/ folder
     init_unets: str | None = None
     # LoRA (ootd_lib.lora): rank 0 trains both UNets in full (the paper); rank > 0 freezes them and trains low-rank
     # adapters on the target groups: attn (to_q/to_k/to_v/to_out.0), ff (feed-forward linears), conv (resnet convs)

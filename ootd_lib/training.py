@@ -216,9 +216,14 @@ def _sharded(accelerator) -> bool:
 
 def build_components(cfg: Config) -> dict:
     """Starting weights of the configured profile (the toy VAE is replaced in :func:`frozen_components`), with the
-    UNets of ``init_unets`` when set."""
+    UNets of ``init_unets`` when set. For the toy profile, an ``init_unets`` in the released layout gives every
+    component (its encoders were trained with its UNets); a ``checkpoint-N`` folder only the UNets."""
     from .models import build_sd15_components, build_toy_components, load_official_components, load_unets
 
+    if cfg.profile == "toy" and cfg.init_unets and not (Path(cfg.init_unets) / "unet_garm").is_dir():
+        # a trained toy checkpoint (released layout): its frozen encoders belong to its UNets, so they come along
+        # (building them from cfg.seed would pair the UNets with encoders they were never trained with)
+        return load_official_components(cfg.init_unets, cfg.model_type, clip_model=cfg.clip_model)
     if cfg.profile == "toy":
         comps = build_toy_components(cfg.seed)
     elif cfg.profile == "sd15":
