@@ -740,3 +740,18 @@ def candidate_renders(info: dict, category: str, person: int, garments) -> np.nd
     slot = _SLOT_OF[category]
     return np.stack([render_person(wearing(body, _person(seed, "test", category, int(k), patterns).outfit[slot]),
                                    size)[0] for k in garments])
+
+
+def family_renders(info: dict, category: str, person: int, garment: int):
+    """Test person ``person`` wearing test garment ``garment`` drawn in every garment family (the same colours, period
+    and phase; its own family first): ``(families, (F, H, W, 3) uint8)`` at the wardrobe's size. What pattern
+    identification compares a try-on result with: colour alone cannot tell these renders apart."""
+    import dataclasses
+
+    seed, size, patterns = info["seed"], tuple(info["size"]), info_patterns(info)
+    body = _person(seed, "test", category, person, patterns)
+    g = _person(seed, "test", category, garment, patterns).outfit[_SLOT_OF[category]]
+    others = [f for f in ALL_PATTERNS if f != g.pattern and (category != "lower_body" or f != "logo")]
+    families = [g.pattern] + others
+    return families, np.stack([render_person(wearing(body, dataclasses.replace(g, pattern=f)), size)[0]
+                               for f in families])

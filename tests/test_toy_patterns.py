@@ -222,3 +222,33 @@ def test_plaid_training_configs_start_from_the_shipped_checkpoint(name):
     assert cfg.toy_patterns == ("plaid",) and cfg.model_type == "hd" and cfg.resolution == SIZE
     assert (REPO / cfg.vae_path / "config.json").is_file() and (REPO / cfg.init_unets).is_dir()
     assert cfg.seed == 0  # the toy encoders are built from the seed; the shipped checkpoint's are seed 0's
+
+
+def test_pattern_identification_needs_the_pattern_where_garment_identification_passes_on_colour(plaid16):
+    import dataclasses
+
+    from ootd_lib.evaluation import identify_garments, identify_patterns
+    from ootd_lib.toydata import family_renders, test_index
+
+    root, dataset, info = plaid16
+    items = [dataset[i] for i in range(6)]
+    truth = torch.stack([it["target"] for it in items]).add(1).div(2)
+    assert identify_patterns(truth, items, info).all()  # the exact truth is always in its own family
+    # the right garment, right colours, in the checker family instead: garment identification still passes on colour,
+    # pattern identification does not
+    checker = []
+    for it in items:
+        _, person = test_index("vitonhd", it["person_name"][:-4])
+        _, garment = test_index("vitonhd", it["garment_name"][:-4])
+        families, renders = family_renders(info, "upper_body", person, garment)
+        assert families[0] == "plaid" and sorted(families) == sorted(ALL_PATTERNS) and len(renders) == 6
+        body = random_person(sample_rng(0, "test", "upper_body", person), "upper_body", ("plaid",))
+        g = random_person(sample_rng(0, "test", "upper_body", garment), "upper_body", ("plaid",)).outfit["upper"]
+        render = render_person(wearing(body, dataclasses.replace(g, pattern="checker")), SIZE)[0]
+        assert np.array_equal(render, renders[families.index("checker")])
+        checker.append(torch.from_numpy(render).permute(2, 0, 1).float() / 255)
+    checker = torch.stack(checker)
+    assert identify_garments(checker, items, info).all()
+    assert not identify_patterns(checker, items, info).any()
+    families, _ = family_renders({"seed": 0, "size": [128, 96]}, "lower_body", 0, 1)
+    assert len(families) == 5 and "logo" not in families  # trousers never carry a chest logo
