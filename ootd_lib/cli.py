@@ -30,7 +30,8 @@ def _run_toy_data(args):
 
     check_output_dir(args.out, "toy data folder")
     root = generate_toy_dataset(args.out, layout=args.layout, n_train=args.train, n_test=args.test,
-                                seed=args.seed, size=args.size, progress=not args.quiet, overwrite=args.force)
+                                seed=args.seed, size=args.size, progress=not args.quiet, overwrite=args.force,
+                                patterns=args.patterns)
     print(f"toy {args.layout} dataset written to {root}")
 
 
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=_size, default=(256, 192), help="H x W of the written images (default 256x192)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--force", action="store_true", help="write into a non-empty folder that holds no toy data")
+    s.add_argument("--patterns", nargs="+", metavar="FAMILY", default=None,
+                   help="garment families of the samples' garments, e.g. plaid (default: solid stripes dots checker "
+                   "logo)")
     s.set_defaults(func=_run_toy_data)
 
     s = sub.add_parser("mask", help="agnostic mask for a person image (toy: dataset parse + keypoints; "

@@ -45,6 +45,9 @@ class Config:
     categories: tuple[str, ...] = ("upper_body",)
     toy_train: int = 512  # pairs generated when data_root does not exist (toy only)
     toy_test: int = 64
+    # garment families of the toy wardrobe (null: the default ones; e.g. [plaid], see ootd_lib.toydata.ALL_PATTERNS);
+    # a data_root written with other families is refused
+    toy_patterns: tuple[str, ...] | None = None
     mask_cache: str | None = None  # folder for cached agnostic masks (default: <output_dir>/mask_cache)
 
     # --- training (paper defaults where they apply) ----------------------------------------------------------
@@ -159,6 +162,9 @@ class Config:
         if h <= 0 or w <= 0 or h % 8 or w % 8:
             raise ConfigError(f"config field resolution={list(self.resolution)!r} must be [H, W], both positive "
                               "multiples of 8")
+        if self.toy_patterns is not None and not self.toy_patterns:  # the names are checked by the toy generator
+            raise ConfigError("config field toy_patterns=[] must name one or more garment families, or be null "
+                              "(the default families)")
         if self.vae_pretrain_crop is not None and min(self.vae_pretrain_crop) <= 0:
             raise ConfigError(f"config field vae_pretrain_crop={list(self.vae_pretrain_crop)!r} must be [H, W] > 0 "
                               "or null (whole images)")
@@ -216,6 +222,7 @@ class Config:
         d["resolution"] = list(self.resolution)
         d["categories"] = list(self.categories)
         d["lora_targets"] = list(self.lora_targets)
+        d["toy_patterns"] = list(self.toy_patterns) if self.toy_patterns is not None else None
         d["vae_pretrain_crop"] = list(self.vae_pretrain_crop) if self.vae_pretrain_crop is not None else None
         return d
 

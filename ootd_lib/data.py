@@ -593,11 +593,33 @@ class MaskedTryOnDataset(torch.utils.data.Dataset):
         return out
 
 
+def _check_toy_patterns(root: Path, patterns):
+    """Refuse a toy wardrobe (``toy_info.json``) written with other garment families than ``patterns``."""
+    from .toydata import info_patterns
+
+    info_path = root / "toy_info.json"
+    if not info_path.is_file():  # real data, or not a toy wardrobe
+        return
+    try:
+        found = info_patterns(json.loads(info_path.read_text()))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise DataError(f"{info_path} is not a readable toy_info.json ({exc}); delete {root} to regenerate "
+                        "it") from None
+    if found != patterns:
+        name = lambda p: "the default families" if p is None else f"toy_patterns {list(p)}"  # noqa: E731
+        raise DataError(f"toy data folder {root} was written with {name(found)}, but the config asks for "
+                        f"{name(patterns)}: point data_root at another folder (a missing one is generated), delete "
+                        f"{root}, or set toy_patterns to {None if found is None else list(found)}")
+
+
 def build_dataset(cfg, split: str = "train", pairing: str = "paired", cache_dir=None,
                   generate: bool = True) -> MaskedTryOnDataset:
     """The dataset a :class:`~ootd_lib.config.Config` names (generating the toy wardrobe first when the toy data
-    folder is missing and ``generate`` is true)."""
-    root = Path(cfg.data_root)
+    folder is missing and ``generate`` is true). A toy wardrobe written with other garment families than
+    ``cfg.toy_patterns`` is refused: training or evaluating on it would silently measure another family."""
+    from .toydata import check_patterns
+
+    root, patterns = Path(cfg.data_root), check_patterns(cfg.toy_patterns)
     if not root.exists():
         if cfg.profile != "toy" or not generate:
             raise DataError(f"data_root {root} does not exist; download the dataset (data/README.md) or fix the config")
@@ -605,7 +627,8 @@ def build_dataset(cfg, split: str = "train", pairing: str = "paired", cache_dir=
 
         print(f"data_root {root} does not exist: generating a toy wardrobe there")  # says so when it is a typo
         generate_toy_dataset(root, layout=cfg.layout, n_train=cfg.toy_train, n_test=cfg.toy_test, seed=cfg.seed,
-                             progress=False)
+                             progress=False, patterns=patterns)
+    _check_toy_patterns(root, patterns)
     if cfg.layout == "vitonhd":
         base = VitonHDDataset(root, split, pairing, size=cfg.resolution)
     else:

@@ -26,7 +26,8 @@ from .errors import InputError
 from .progress import progress_enabled
 
 __all__ = ["to_unit", "ssim", "psnr", "masked_region_error", "garment_colour_error", "vae_round_trip", "vae_floor",
-           "vae_metrics", "identification_candidates", "candidate_tensors", "identify_garments", "evaluate_toy",
+           "vae_metrics", "identification_candidates", "candidate_tensors", "identify_garments", "pattern_tensors",
+           "identify_patterns", "evaluate_toy",
            "DistributionMetrics", "lpips_metric", "evaluate", "format_metrics"]
 
 # Canonical labels of the garment itself (not the arms or legs a mask also repaints), per category.
@@ -171,6 +172,31 @@ def identify_garments(results: torch.Tensor, items: list, info: dict, k: int = 1
     return _identified(results, items, candidate_tensors(items, info, tuple(results.shape[-2:]), k, seed))
 
 
+def pattern_tensors(items: list, info: dict, size) -> list:
+    """For each toy unpaired test item, the person wearing its garment drawn in every garment family (its own first,
+    :func:`ootd_lib.toydata.family_renders`) as a (F,3,H,W) [0, 1] tensor at ``size``, resized as the truth is."""
+    from PIL import Image
+
+    from .data import image_to_tensor
+    from .toydata import family_renders, test_index
+
+    out = []
+    for it in items:
+        cat, person = test_index(info["layout"], Path(it["person_name"]).stem)
+        _, garment = test_index(info["layout"], Path(it["garment_name"]).stem)
+        out.append(torch.stack([to_unit(image_to_tensor(Image.fromarray(r), size))
+                                for r in family_renders(info, cat, person, garment)[1]]))
+    return out
+
+
+def identify_patterns(results: torch.Tensor, items: list, info: dict) -> torch.Tensor:
+    """For each result (B,3,H,W in [0, 1]) of a toy unpaired test item: is its masked-region error lowest against the
+    right garment in its own family, among the same garment drawn in every family (same colours, scale and phase)?
+    Garment identification can be passed on colour alone; this one needs the pattern (chance 1/F: F = 6 families, 5 for
+    lower_body). Toy only. Returns a (B,) bool tensor."""
+    return _identified(results, items, pattern_tensors(items, info, tuple(results.shape[-2:])))
+
+
 @torch.no_grad()
 def evaluate_toy(pipe, dataset, info: dict, steps: int = 20, scale: float = 2.0, seed: int = 0, k: int = 16,
                  limit: int | None = None, baseline: bool = True, progress: bool = False,
@@ -178,7 +204,8 @@ def evaluate_toy(pipe, dataset, info: dict, steps: int = 20, scale: float = 2.0,
     """The toy try-on metrics on unpaired test items with exact ground truth (see the module docstring).
 
     Returns ``n``, ``masked_error`` and the ``vae_floor`` beside it (``floor_ratio`` = their ratio),
-    ``colour_error``, ``identification`` (top-1 among ``k`` candidate renders) and ``chance`` (1/k), SSIM and PSNR;
+    ``colour_error``, ``identification`` (top-1 among ``k`` candidate renders) and ``chance`` (1/k),
+    ``pattern_identification`` (:func:`identify_patterns`) and its ``pattern_chance``, SSIM and PSNR;
     with ``baseline`` also the same model given another test garment (``*_other``) and ``colour_ratio`` (other / own:
     how much the garment it was given decides the colour). ``keep_images`` adds ``images`` (N,3,H,W in [0, 1]) and
     ``per_image`` values. Sample ``i`` uses seed ``seed + i``."""
@@ -188,6 +215,7 @@ def evaluate_toy(pipe, dataset, info: dict, steps: int = 20, scale: float = 2.0,
     parse, mask = torch.stack([it["target_parse"] for it in items]), torch.stack([it["mask"] for it in items])
     cats = [it["category"] for it in items]
     renders = candidate_tensors(items, info, tuple(truth.shape[-2:]), k, seed)  # the same for both runs
+    families = pattern_tensors(items, info, tuple(truth.shape[-2:]))
 
     def measure(data) -> dict:
         res = evaluate(pipe, data, steps=steps, scale=scale, seed=seed, lpips=False, progress=progress,
@@ -196,12 +224,15 @@ def evaluate_toy(pipe, dataset, info: dict, steps: int = 20, scale: float = 2.0,
         return dict(images=out, ssim=res["metrics"]["ssim"], psnr=res["metrics"]["psnr"],
                     masked_error=masked_region_error(out, truth, mask),
                     colour_error=garment_colour_error(out, truth, parse, cats),
-                    identification=_identified(out, items, renders).float())
+                    identification=_identified(out, items, renders).float(),
+                    pattern_identification=_identified(out, items, families).float())
 
     own = measure(items)
     floor = vae_floor(pipe.vae, truth, mask)
     result = dict(n=n, steps=steps, scale=scale, seed=seed, k=k, chance=1 / k, ssim=own["ssim"], psnr=own["psnr"])
-    result.update({key: float(own[key].mean()) for key in ("masked_error", "colour_error", "identification")})
+    result.update({key: float(own[key].mean()) for key in ("masked_error", "colour_error", "identification",
+                                                             "pattern_identification")})
+    result["pattern_chance"] = sum(1 / len(f) for f in families) / n
     result["vae_floor"] = float(floor.mean())
     result["floor_ratio"] = result["masked_error"] / result["vae_floor"]
     per_image = dict(masked_error=own["masked_error"].tolist(), colour_error=own["colour_error"].tolist(),

@@ -4,7 +4,8 @@ Why a toy world? The real datasets are large, licence-gated downloads, and every
 latents, fusion, training, evaluation) can be taught and tested on CPU in seconds if the data is small, plain and
 exactly known. Each sample is a front-facing cartoon person (skin tone, hair, face, neck, arms with varying shoulder and
 elbow angles, legs, shoes, plain background) wearing garments with a texture (solid, stripes, dots, checker, chest
-logo). The same garment is also drawn flat on white (the "in-shop" image) with its cloth mask.
+logo; a new family, plaid, only when asked: ``patterns=``). The same garment is also drawn flat on white (the
+"in-shop" image) with its cloth mask.
 
 How it is drawn: every body part and garment piece is rasterised into one integer *part map* with OpenCV (fillPoly,
 thick lines, ellipses). The parse map is a lookup of that part map, and the RGB image is a lookup of colours and
@@ -94,9 +95,14 @@ SKIN_TONES = np.array([(255, 224, 196), (241, 194, 165), (224, 172, 130), (198, 
                        (110, 70, 45)], np.float32)
 HAIR_COLOURS = np.array([(25, 20, 20), (60, 40, 25), (110, 70, 35), (215, 180, 100), (150, 60, 30), (150, 150, 150)],
                         np.float32)
-PATTERNS = ("solid", "stripes", "dots", "checker", "logo")
+PATTERNS = ("solid", "stripes", "dots", "checker", "logo")  # the default families (the shipped checkpoint's world)
+# Families no default wardrobe contains, drawn only when asked (``patterns=``): a family the shipped model has never
+# seen, for fine-tuning demos. plaid: two crossing stripe sets, a blend of both colours where they cross.
+NEW_PATTERNS = ("plaid",)
+ALL_PATTERNS = PATTERNS + NEW_PATTERNS
 UPPER_KINDS, LOWER_KINDS = ("tshirt", "longsleeve", "tank"), ("pants", "skirt")
 NOMINAL_SW = 27.0  # nominal shoulder half-width (base px): the unit of garment texture coordinates
+PLAID_BAND = 0.25  # plaid band width (fraction of the period)
 
 # COCO-18 order of the joints dict keys ("r_" = person's right = image left)
 COCO18 = ("nose", "neck", "r_sho", "r_elb", "r_wri", "l_sho", "l_elb", "l_wri", "r_hip", "r_knee", "r_ank",
@@ -108,7 +114,7 @@ class Garment:
     """One garment: what it is and how it is textured (everything needed to draw it worn or flat)."""
     category: str  # upper_body | lower_body | dresses
     kind: str  # tshirt | longsleeve | tank | pants | skirt | dress
-    pattern: str  # solid | stripes | dots | checker | logo
+    pattern: str  # solid | stripes | dots | checker | logo, or a NEW_PATTERNS family
     colour1: np.ndarray
     colour2: np.ndarray
     period: float = 0.6  # texture period in garment units (x NOMINAL_SW px at scale 1: 12-20 px on a 256x192 image)
@@ -144,12 +150,31 @@ def _jitter(rng, colour, amount=12.0):
     return np.clip(colour + rng.uniform(-amount, amount, 3), 0, 255).astype(np.float32)
 
 
-def random_garment(rng: np.random.Generator, category: str) -> Garment:
-    """Draw a garment of ``category``: kind, pattern and two contrasting colours."""
+def check_patterns(patterns) -> tuple[str, ...] | None:
+    """``patterns`` as a tuple of known families (``None``: the default families), or a :class:`ConfigError`."""
+    if patterns is None:
+        return None
+    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+    unknown = [p for p in patterns if p not in ALL_PATTERNS]
+    if not patterns or unknown:
+        raise ConfigError(f"toy patterns {list(patterns)!r} must name one or more of {ALL_PATTERNS} (or be "
+                          "null/None for the default families)")
+    return patterns
+
+
+def random_garment(rng: np.random.Generator, category: str, patterns=None) -> Garment:
+    """Draw a garment of ``category``: kind, pattern and two contrasting colours. ``patterns``: the families to draw
+    from (default: :data:`PATTERNS`)."""
     kind = {"upper_body": lambda: UPPER_KINDS[rng.integers(3)], "lower_body": lambda: LOWER_KINDS[rng.integers(2)],
             "dresses": lambda: "dress"}[category]()
-    patterns = PATTERNS if category != "lower_body" else PATTERNS[:-1]  # no chest logo on trousers
-    pattern = patterns[rng.integers(len(patterns))]
+    defaults = PATTERNS if category != "lower_body" else PATTERNS[:-1]  # no chest logo on trousers
+    pattern = defaults[rng.integers(len(defaults))]  # drawn even when replaced: the later draws stay the same
+    if patterns is not None:  # so a one-family wardrobe has the default people and garments, re-patterned
+        family = [p for p in patterns if category != "lower_body" or p != "logo"]
+        if not family:
+            raise ConfigError(f"toy patterns {list(patterns)!r}: lower_body garments carry no chest logo; add "
+                              "another family")
+        pattern = family[rng.integers(len(family))] if len(family) > 1 else family[0]
     i1 = rng.integers(len(GARMENT_COLOURS))
     far = [j for j in range(len(GARMENT_COLOURS))
            if np.abs(GARMENT_COLOURS[j] - GARMENT_COLOURS[i1]).sum() > 150]  # the pattern must stay visible
@@ -161,8 +186,9 @@ def random_garment(rng: np.random.Generator, category: str) -> Garment:
                    length=float(rng.uniform(38, 60)), flare=float(rng.uniform(5, 14)), sleeves=bool(rng.integers(2)))
 
 
-def random_person(rng: np.random.Generator, category: str) -> Person:
-    """Draw a person and the outfit it wears; ``category`` is the garment the sample is about."""
+def random_person(rng: np.random.Generator, category: str, patterns=None) -> Person:
+    """Draw a person and the outfit it wears; ``category`` is the garment the sample is about. ``patterns`` (default:
+    the default families) applies to that garment only: the rest of the outfit stays in the default world."""
     deg = math.pi / 180
     arm = lambda: (float(rng.uniform(6, 30) * deg), float(rng.uniform(-10, 55) * deg))  # noqa: E731
     knee = float(rng.uniform(0, 5))
@@ -173,7 +199,7 @@ def random_person(rng: np.random.Generator, category: str) -> Person:
                hair=_jitter(rng, HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))], 8), long_hair=bool(rng.integers(2)),
                background=rng.uniform(205, 245, 3).astype(np.float32),
                shoes=_jitter(rng, GARMENT_COLOURS[rng.integers(len(GARMENT_COLOURS))], 10))
-    main = random_garment(rng, category)
+    main = random_garment(rng, category, patterns)
     if category == "dresses":
         p.outfit = {"dress": main}
     elif category == "upper_body":
@@ -356,6 +382,12 @@ def texture(g: Garment, xs, ys, origin, unit) -> np.ndarray:
     elif g.pattern == "dots":
         du, dv = u / per + g.phase, v / per + g.phase
         second = (du - np.round(du)) ** 2 + (dv - np.round(dv)) ** 2 < 0.3 ** 2
+    elif g.pattern == "plaid":  # bands of colour 2 across and down, a quarter period wide, blended where they cross
+        across = (v / per + g.phase) % 1 < PLAID_BAND
+        down = (u / per + g.phase) % 1 < PLAID_BAND
+        blend = (g.colour1 + g.colour2) / 2
+        colours = np.stack([g.colour1, g.colour2, blend]).round().clip(0, 255).astype(np.uint8)
+        return colours[(across ^ down) + 2 * (across & down)]
     else:  # chest logo: centred 1.2 units below the neck base, radius 0.45 units
         du, dv, r = u, v - 1.2, 0.45
         second = {"circle": lambda: du ** 2 + dv ** 2 < r ** 2,
@@ -510,14 +542,14 @@ def _write_dresscode_sample(root: Path, category: str, pstem: str, gstem: str, p
 _SLOT_OF = {"upper_body": "upper", "lower_body": "lower", "dresses": "dress"}
 
 
-def _person(seed, split, category, i) -> Person:
-    return random_person(sample_rng(seed, split, category, i), category)
+def _person(seed, split, category, i, patterns=None) -> Person:
+    return random_person(sample_rng(seed, split, category, i), category, patterns)
 
 
 def _write_task(task) -> int:
     """Write one sample (``kind`` "sample") or one unpaired ground truth (``kind`` "gt"); runs in worker processes."""
-    kind, root, layout, category, split, i, k, seed, size = task
-    person = _person(seed, split, category, i)
+    kind, root, layout, category, split, i, k, seed, size, patterns = task
+    person = _person(seed, split, category, i, patterns)
     pstem, gstem = _names(layout, category, split, i)
     if kind == "sample":
         if layout == "vitonhd":
@@ -526,7 +558,7 @@ def _write_task(task) -> int:
             _write_dresscode_sample(root, category, pstem, gstem, person, size)
     else:  # the same person wearing test garment k: exact ground truth of the unpaired pair (i, k)
         _, gstem = _names(layout, category, split, k)
-        other = _person(seed, split, category, k).outfit[_SLOT_OF[category]]
+        other = _person(seed, split, category, k, patterns).outfit[_SLOT_OF[category]]
         rgb, labels, _ = render_person(wearing(person, other), size)
         gt_dir = (root / "test" if layout == "vitonhd" else root / category) / UNPAIRED_DIRS[layout]
         _imwrite(gt_dir / f"{pstem}__{gstem}.jpg", rgb)
@@ -583,11 +615,13 @@ def _claim(root: Path, overwrite: bool):
 
 def generate_toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test: int = 16, seed: int = 0,
                          size=(256, 192), progress: bool = True, workers: int | None = None,
-                         overwrite: bool = False) -> Path:
+                         overwrite: bool = False, patterns=None) -> Path:
     """Write a toy wardrobe under ``out`` in the ``vitonhd`` or ``dresscode`` layout and return ``out``.
 
     ``n_train`` / ``n_test`` are persons (= paired pairs) per split; for Dress Code per category. ``size`` is the
     (H, W) of every written image. Unpaired test pairs also get their exact ground truth (toy-only folder).
+    ``patterns``: the families of the garments the samples are about (e.g. ``("plaid",)``, see :data:`ALL_PATTERNS`;
+    default ``None``: :data:`PATTERNS`); with one family, the same people and garments as the default, re-patterned.
     ``workers``: processes for large datasets (default: all CPUs when more than 256 samples are written; Linux only,
     elsewhere serial); the files written do not depend on it. ``out`` must be new, empty or an earlier toy wardrobe
     (it holds our ``toy_info.json``); ``overwrite=True`` writes into any folder.
@@ -605,6 +639,7 @@ def generate_toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test
     if h < 64 or w < 48:
         raise ConfigError(f"toy image size {size!r} is too small; use at least 64x48 (H x W)")
     size, root = (h, w), Path(out)
+    patterns = check_patterns(patterns)
     _claim(root, overwrite)
     categories = ("upper_body",) if layout == "vitonhd" else CATEGORIES
     _make_dirs(root, layout, categories)
@@ -617,9 +652,9 @@ def generate_toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test
         perm = unpaired_permutation(n_test, seed, category)
         rows["test_pairs_unpaired.txt"] = [(_names(layout, category, "test", i)[0],
                                             _names(layout, category, "test", int(k))[1]) for i, k in enumerate(perm)]
-        tasks += [("sample", root, layout, category, "train", i, None, seed, size) for i in range(n_train)]
-        tasks += [("sample", root, layout, category, "test", i, None, seed, size) for i in range(n_test)]
-        tasks += [("gt", root, layout, category, "test", i, int(k), seed, size) for i, k in enumerate(perm)]
+        tasks += [("sample", root, layout, category, "train", i, None, seed, size, patterns) for i in range(n_train)]
+        tasks += [("sample", root, layout, category, "test", i, None, seed, size, patterns) for i in range(n_test)]
+        tasks += [("gt", root, layout, category, "test", i, int(k), seed, size, patterns) for i, k in enumerate(perm)]
 
     import multiprocessing as mp
     import sys
@@ -642,12 +677,20 @@ def generate_toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test
     info = dict(layout=layout, n_train=n_train, n_test=n_test, seed=seed, size=list(size), categories=list(categories),
                 unpaired_ground_truth=UNPAIRED_DIRS[layout], generator="ootd_lib.toydata",
                 generator_version=GENERATOR_VERSION)
+    if patterns is not None:  # no key = the default families, so default folders stay byte-identical to older ones
+        info["patterns"] = list(patterns)
     (root / "toy_info.json").write_text(json.dumps(info, indent=2))
     return root
 
 
+def info_patterns(info: dict) -> tuple[str, ...] | None:
+    """The garment families a wardrobe's ``toy_info.json`` records (``None``: the default families)."""
+    patterns = info.get("patterns")
+    return None if patterns is None else tuple(patterns)
+
+
 def toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test: int = 16, seed: int = 0,
-                size=(256, 192), progress: bool = True) -> Path:
+                size=(256, 192), progress: bool = True, patterns=None) -> Path:
     """:func:`generate_toy_dataset`, cached: reuse ``out`` when its ``toy_info.json`` says it holds exactly this
     wardrobe (same arguments, same generator version), otherwise write it afresh.
 
@@ -656,8 +699,10 @@ def toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test: int = 1
     import shutil
 
     root = Path(out)
+    patterns = check_patterns(patterns)
     want = dict(layout=layout, n_train=int(n_train), n_test=int(n_test), seed=int(seed), size=[int(v) for v in size],
-                generator="ootd_lib.toydata", generator_version=GENERATOR_VERSION)
+                generator="ootd_lib.toydata", generator_version=GENERATOR_VERSION,
+                patterns=None if patterns is None else list(patterns))
     info_path = root / "toy_info.json"
     if info_path.is_file():
         try:
@@ -673,7 +718,7 @@ def toy_dataset(out, layout: str = "vitonhd", n_train: int = 64, n_test: int = 1
     elif root.is_dir() and any(root.iterdir()):
         return root
     return generate_toy_dataset(root, layout=layout, n_train=n_train, n_test=n_test, seed=seed, size=size,
-                                progress=progress)
+                                progress=progress, patterns=patterns)
 
 
 # --- evaluation support (toy only: the generator knows the truth) -------------------------------------------------------
@@ -687,10 +732,26 @@ def test_index(layout: str, stem: str) -> tuple[str, int]:
 
 def candidate_renders(info: dict, category: str, person: int, garments) -> np.ndarray:
     """Test person ``person`` wearing each test garment in ``garments`` (indices into the test split of ``category``):
-    (K, H, W, 3) uint8 at the wardrobe's size. ``info`` is the wardrobe's ``toy_info.json``. What garment
-    identification compares a try-on result with (resize them as the dataset readers resize the truth)."""
-    seed, size = info["seed"], tuple(info["size"])
-    body = _person(seed, "test", category, person)
+    (K, H, W, 3) uint8 at the wardrobe's size. ``info`` is the wardrobe's ``toy_info.json`` (its garment families
+    too, so a plaid wardrobe's candidates are its own plaid garments). What garment identification compares a try-on
+    result with (resize them as the dataset readers resize the truth)."""
+    seed, size, patterns = info["seed"], tuple(info["size"]), info_patterns(info)
+    body = _person(seed, "test", category, person, patterns)
     slot = _SLOT_OF[category]
-    return np.stack([render_person(wearing(body, _person(seed, "test", category, int(k)).outfit[slot]), size)[0]
-                     for k in garments])
+    return np.stack([render_person(wearing(body, _person(seed, "test", category, int(k), patterns).outfit[slot]),
+                                   size)[0] for k in garments])
+
+
+def family_renders(info: dict, category: str, person: int, garment: int):
+    """Test person ``person`` wearing test garment ``garment`` drawn in every garment family (the same colours, period
+    and phase; its own family first): ``(families, (F, H, W, 3) uint8)`` at the wardrobe's size. What pattern
+    identification compares a try-on result with: colour alone cannot tell these renders apart."""
+    import dataclasses
+
+    seed, size, patterns = info["seed"], tuple(info["size"]), info_patterns(info)
+    body = _person(seed, "test", category, person, patterns)
+    g = _person(seed, "test", category, garment, patterns).outfit[_SLOT_OF[category]]
+    others = [f for f in ALL_PATTERNS if f != g.pattern and (category != "lower_body" or f != "logo")]
+    families = [g.pattern] + others
+    return families, np.stack([render_person(wearing(body, dataclasses.replace(g, pattern=f)), size)[0]
+                               for f in families])
