@@ -560,11 +560,16 @@ def test_init_unets_starts_a_run_from_trained_unets_and_refuses_ones_that_do_not
     from ootd_lib.training import build_components
 
     src = training.train(tiny_config(tiny_data, tmp_path / "first"), progress=False)  # released layout
-    comps = build_components(tiny_config(tiny_data, tmp_path / "second", init_unets=str(src)))
+    # another seed: a toy run from a released-layout folder takes that folder's frozen encoders, not the seed's
+    comps = build_components(tiny_config(tiny_data, tmp_path / "second", init_unets=str(src), seed=11))
     trained = unet_weights(src)
     for name in ("unet_garm", "unet_vton"):
         for k, v in comps[name].state_dict().items():
             assert torch.equal(v, trained[f"{name}.{k}"]), k  # loaded from the same file: bit-identical
+    shipped = build_toy_components(3)  # tiny_config's seed: the encoders the first run was built with
+    for name in ("text_encoder", "image_encoder"):
+        for k, v in comps[name].state_dict().items():
+            assert torch.equal(v, shipped[name].state_dict()[k]), (name, k)
     # a checkpoint-N folder (holding unet_garm/, unet_vton/) works too
     unets = src / "checkpoints" / "ootd" / "ootd_hd" / "checkpoint-36000"
     assert torch.equal(load_unets(unets)["unet_vton"].conv_in.weight, comps["unet_vton"].conv_in.weight)
