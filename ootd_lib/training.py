@@ -247,7 +247,7 @@ def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     wholly frozen submodule is, the trained ones and parameters held directly by a mixed module stay float32: under
     LoRA the base UNets' layers are cast and their adapters kept float32 (the LoRA setup calls this on both UNets
     after adding them). Such a module computes under autocast only (accelerate's, in training). Full fine-tuning
-    leaves its UNets alone: the garment UNet's frozen tail is a few percent of one UNet, not worth a mixed UNet."""
+    leaves its UNets alone: the garment UNet's frozen tail is 2.4 M of its 860 M parameters, not worth a mixed UNet."""
     if not any(p.requires_grad for p in module.parameters()):
         return module.to(dtype)
     for child in module.children():
