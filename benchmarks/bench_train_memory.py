@@ -338,14 +338,16 @@ def main():
             results[name] = run_child("cpu", name)
             print(f"{name}: done", file=sys.stderr)
         lines, totals = cpu_table(results)
-        machine = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
+        cpu = platform.processor() or platform.machine()
+        machine = f"CPU ({cpu}, {os.cpu_count()} cores), torch {torch.__version__}"
     else:
         runs = [run_child("cuda", n, hw, b) for n in names for hw in RESOLUTIONS for b in BATCHES]
         lines, totals = cuda_table(runs)
         machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     n_enc, enc = encoder_bytes()
 
-    print(f"Training-step memory, {machine}, {datetime.date.today()}; GiB. Trained / all parameters of the two UNets.\n")
+    print(f"Training-step memory, {machine}, {datetime.date.today()}; GiB. Trained / all parameters of the two "
+          "UNets.\n")
     print("| config | image (latents) | batch | trained / all params | parameters | gradients | optimizer states | "
           "activations | total | source |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -356,9 +358,10 @@ def main():
         kappa = kappas(results)
         for name in names:
             fixed, per_pixel = fit_activations(results[name]["probes"])
-            print(f"- {name}: a forward adds {gib(fixed)} GiB + {per_pixel / 2 ** 20:.3f} MiB per latent pixel × batch; "
-                  f"κ = {kappa[CONFIGS[name]['checkpointing']]:.2f}; the models took {gib(results[name]['rss_model'])} "
-                  f"GiB of RSS ({gib(results[name]['parameters'])} GiB of parameters)")
+            print(f"- {name}: a forward adds {gib(fixed)} GiB + {per_pixel / 2 ** 20:.3f} MiB per latent pixel × "
+                  f"batch; κ = {kappa[CONFIGS[name]['checkpointing']]:.2f}; the models took "
+                  f"{gib(results[name]['rss_model'])} GiB of RSS "
+                  f"({gib(results[name]['parameters'])} GiB of parameters)")
     print("\nGoals (the issue's), with the encoders:")
     for name, image_hw, batch, goal in GOALS:
         if (name, image_hw, batch) in totals:
