@@ -55,7 +55,7 @@ from .viz import LossLog, plot_loss, sample_grid
 
 __all__ = ["train", "training_step", "optimizer_step", "draw_randomness", "loss_weights",
            "StepBatchSampler", "build_components", "trainable_model", "optimizer_parts", "make_ema", "full_unets",
-           "export_lora", "FSDP_UNITS", "main"]
+           "export_lora", "FSDP_UNITS", "main", "adamw_class", "cast_frozen"]
 
 
 # --- the step ------------------------------------------------------------------------------------------------------------
@@ -244,10 +244,24 @@ def frozen_components(cfg: Config, accelerator, device="cpu", dtype=torch.float3
     vae = load_or_pretrain_vae(cfg, accelerator)
     comps = comps if vae is None else dict(comps, vae=vae)
     for name in ("vae", "text_encoder", "image_encoder"):
-        comps[name].requires_grad_(False).to(device)
-        if dtype != torch.float32:
-            comps[name].to(dtype)
+        cast_frozen(comps[name].requires_grad_(False).to(device), dtype)
     return comps
+
+
+def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Hold the frozen parts of ``module`` in ``dtype`` (the mixed-precision dtype: half of float32's memory) and
+    leave its trained parameters float32 master weights; returns ``module``.
+
+    A wholly frozen module (the VAE and the encoders) is cast whole, buffers included. In a partly trained one every
+    wholly frozen submodule is, the trained ones and parameters held directly by a mixed module stay float32: under
+    LoRA the base UNets' layers are cast and their adapters kept float32 (:func:`trainable_model` gets the same with
+    diffusers' ``cast_training_params``). Such a module computes under autocast only (accelerate's, in training). Full fine-tuning
+    leaves its UNets alone: the garment UNet's frozen tail is 2.4 M of its 860 M parameters, not worth a mixed UNet."""
+    if not any(p.requires_grad for p in module.parameters()):
+        return module.to(dtype)
+    for child in module.children():
+        cast_frozen(child, dtype)
+    return module
 
 
 def training_data(cfg: Config, comps: dict, accelerator, dtype):
@@ -289,18 +303,31 @@ def trainable_model(comps: dict, cfg: Config, dtype: torch.dtype = torch.float32
     return model
 
 
+def adamw_class(cfg: Config, device) -> type:
+    """torch's AdamW, or bitsandbytes' 8-bit one with ``use_8bit_adam`` (CUDA only).
+
+    A ``use_8bit_adam`` run that cannot have it is a :class:`ConfigError`, not a fallback to 32-bit AdamW: the
+    fallback would cost 6 more bytes per trained parameter (10 GB for the two SD-1.5 UNets, an out-of-memory far from
+    its cause), and its ``config.yaml`` and checkpoints would claim an optimizer it never ran (whose states an 8-bit
+    resume cannot load)."""
+    if not cfg.use_8bit_adam:
+        return torch.optim.AdamW
+    if torch.device(device).type != "cuda":
+        raise ConfigError(f"use_8bit_adam: true needs a CUDA GPU (bitsandbytes' 8-bit AdamW runs CUDA kernels) but "
+                          f"this run is on {device}; set use_8bit_adam: false")
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ConfigError("use_8bit_adam: true needs bitsandbytes, which is not installed: pip install bitsandbytes, "
+                          "or set use_8bit_adam: false") from None
+    return bnb.optim.AdamW8bit
+
+
 def optimizer_parts(cfg: Config, model, accelerator) -> tuple:
-    """AdamW (bitsandbytes' 8-bit one with ``use_8bit_adam``) and the LR schedule, for ``model``."""
+    """AdamW (:func:`adamw_class`) over ``model``'s trained parameters, and the LR schedule."""
     from diffusers.optimization import get_scheduler
 
-    optimizer_cls = torch.optim.AdamW
-    if cfg.use_8bit_adam:
-        try:
-            import bitsandbytes as bnb
-
-            optimizer_cls = bnb.optim.AdamW8bit
-        except ImportError:
-            accelerator.print("use_8bit_adam: bitsandbytes is not installed; using torch AdamW (pip install bitsandbytes)")
+    optimizer_cls = adamw_class(cfg, accelerator.device)
     optimizer = optimizer_cls([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                               betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
                               eps=cfg.adam_epsilon)
@@ -380,6 +407,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     from .models import make_noise_scheduler
 
     accelerator = make_accelerator(cfg)
+    adamw_class(cfg, accelerator.device)  # refuse an unusable 8-bit AdamW before minutes of data preparation
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     accum, device, out = cfg.gradient_accumulation_steps, accelerator.device, Path(cfg.output_dir)
     micro_batch = cfg.train_batch_size // accum  # global, split across processes

@@ -580,3 +580,129 @@ def test_init_unets_starts_a_run_from_trained_unets_and_refuses_ones_that_do_not
         load_unets(unets, like=(other, other))
     with pytest.raises(WeightsError, match="holds neither"):
         load_unets(unets / "unet_garm")  # one level too deep: neither unet_garm/ inside nor a released layout
+
+
+# --- memory-lean full fine-tuning switches (issue 16, item 3) ----------------------------------------------------------
+def _grads_of_one_step(cfg: Config, seed: int = 0):
+    """Gradients of every trained parameter after one training step of ``trainable_model`` on a fixed batch, and how
+    many times the transformer blocks of both UNets ran forward."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    model = training.trainable_model(build_toy_components(seed), cfg)
+    runs = {"unet_garm": 0, "unet_vton": 0}
+    for name, m in model.named_modules():
+        if isinstance(m, BasicTransformerBlock):
+            unet = name.split(".")[0]
+            m.register_forward_pre_hook(lambda *_, unet=unet: runs.__setitem__(unet, runs[unet] + 1))
+    latents = fixed_batch(2)
+    rand = training.draw_randomness(0, 0, 2, tuple(latents["target"].shape[1:]), 0.0)
+    training.training_step(model, make_noise_scheduler(), latents, rand).backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}, runs
+
+
+def test_gradient_checkpointing_switch_recomputes_both_unets_and_keeps_the_gradients():
+    """``gradient_checkpointing: true`` checkpoints both UNets (their transformer blocks run again in backward, the
+    vton ones with the garment states the fusion installed) and gives the gradients of the plain step."""
+    plain, plain_runs = _grads_of_one_step(Config.for_profile("toy"))
+    ckpt, ckpt_runs = _grads_of_one_step(Config.for_profile("toy", gradient_checkpointing=True))
+    assert plain_runs == {"unet_garm": 7, "unet_vton": 7}  # the toy UNets' 7 fused blocks, once each
+    # recomputed in backward: all 7 vton blocks, and the garment blocks but its last (the frozen tail, off the
+    # gradient's way: only its input is used)
+    assert ckpt_runs == {"unet_garm": 7 + 6, "unet_vton": 7 + 7}
+    assert plain.keys() == ckpt.keys() and all(g is not None for g in ckpt.values())
+    # the recompute runs the same float32 ops on the same inputs (bit-identical here); the bound leaves room for a
+    # kernel picked differently on a recompute (another summation order, ~1e-7 relative)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_unused_garment_tail_is_out_of_the_optimizer_and_every_optimized_parameter_gets_a_gradient():
+    """The garment UNet's tail (after its last transformer block's input) is frozen: none of it is in the optimizer's
+    param groups, and every parameter that is gets a gradient (so DDP needs no ``find_unused_parameters``)."""
+    from types import SimpleNamespace
+
+    cfg = Config.for_profile("toy")
+    fresh = build_toy_components(0)
+    tail = OOTDModel(fresh["unet_garm"], fresh["unet_vton"]).fusion.unused_garment_parameters()
+    grads, _ = _grads_of_one_step(cfg)
+    model = training.trainable_model(build_toy_components(0), cfg)
+    optimizer, _ = training.optimizer_parts(cfg, model, SimpleNamespace(device=torch.device("cpu")))
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    assert "conv_out.weight" in tail and len(tail) > 4
+    assert not any(id(named[f"unet_garm.{n}"]) in in_optimizer for n in tail)
+    assert {n for n, p in named.items() if id(p) not in in_optimizer} == {f"unet_garm.{n}" for n in tail}
+    assert set(grads) == {n for n, p in named.items() if id(p) in in_optimizer}
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_8bit_adam_needs_cuda_and_bitsandbytes_else_a_config_error(tiny_data, tmp_path, monkeypatch):
+    """``use_8bit_adam`` is refused with the fix named, never silently replaced by 32-bit AdamW (see
+    ``adamw_class``); with CUDA and bitsandbytes (both faked here) the optimizer is ``bnb.optim.AdamW8bit``."""
+    import types
+    from types import SimpleNamespace
+
+    cfg = Config.for_profile("toy", use_8bit_adam=True)
+    assert training.adamw_class(Config.for_profile("toy"), "cpu") is torch.optim.AdamW
+    with pytest.raises(ConfigError, match="needs a CUDA GPU.*on cpu; set use_8bit_adam: false"):
+        training.adamw_class(cfg, "cpu")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
+    with pytest.raises(ConfigError, match="pip install bitsandbytes, or set use_8bit_adam: false"):
+        training.adamw_class(cfg, torch.device("cuda"))
+    # a train() call fails at once, before the run folder or the data are touched
+    with pytest.raises(ConfigError, match="use_8bit_adam"):
+        training.train(tiny_config(tiny_data, tmp_path / "run", use_8bit_adam=True), progress=False)
+    assert not (tmp_path / "run").exists()
+
+    class AdamW8bit(torch.optim.AdamW):  # stands in for bitsandbytes' class (the real one needs CUDA)
+        pass
+
+    fake = types.ModuleType("bitsandbytes")
+    fake.optim = SimpleNamespace(AdamW8bit=AdamW8bit)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    model = training.trainable_model(build_toy_components(0), cfg)
+    optimizer, _ = training.optimizer_parts(cfg, model, SimpleNamespace(device=torch.device("cuda")))
+    assert type(optimizer) is AdamW8bit and optimizer.defaults["lr"] == cfg.learning_rate
+
+
+def test_frozen_encoders_are_held_in_bf16_and_the_trained_unets_stay_float32(tmp_path):
+    cfg = Config.for_profile("toy", mixed_precision="bf16", output_dir=str(tmp_path))
+    accelerator = training.make_accelerator(cfg)
+    dtype = training._weight_dtype(accelerator)
+    comps = training.frozen_components(cfg, accelerator, accelerator.device, dtype)
+    model = training.trainable_model(comps, cfg)
+    assert dtype == torch.bfloat16
+    for name in ("vae", "text_encoder", "image_encoder"):
+        assert {p.dtype for p in comps[name].parameters()} == {torch.bfloat16}, name
+        assert not any(p.requires_grad for p in comps[name].parameters()), name
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_cast_frozen_casts_the_frozen_layers_of_a_partly_trained_unet_and_it_still_trains_under_autocast():
+    """The hook the LoRA setup uses: in a UNet whose attention projections alone are trained (as LoRA adapters are),
+    every frozen layer goes to bf16, the trained ones stay float32 and get float32 gradients under bf16 autocast."""
+    unet = build_toy_components(0)["unet_garm"].train()
+    trained = ("to_q", "to_k", "to_v", "to_out.0")
+    for name, p in unet.named_parameters():
+        p.requires_grad_(any(f".{t}." in name for t in trained))
+    assert training.cast_frozen(unet, torch.bfloat16) is unet
+    dtypes = {n: (p.dtype, p.requires_grad) for n, p in unet.named_parameters()}
+    assert {d for d, trains in dtypes.values() if trains} == {torch.float32}
+    assert {d for d, trains in dtypes.values() if not trains} == {torch.bfloat16}
+    x = fixed_batch(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = unet(x["garment"], torch.tensor([10, 500]), x["prompt"]).sample
+    out.float().square().mean().backward()
+    grads = [p.grad for p in unet.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_memory_switches_default_to_the_paper_recipe():
+    """Config defaults: every memory switch off. The paper configs: the paper's optimizer (32-bit AdamW, no EMA);
+    they turn gradient checkpointing on, which recomputes instead of storing and changes no gradient (tested above)."""
+    cfg = Config()
+    assert (cfg.gradient_checkpointing, cfg.use_8bit_adam, cfg.mixed_precision, cfg.use_ema) == (False, False, "no",
+                                                                                                 False)
+    for name in ("vitonhd_512", "vitonhd_1024", "dresscode_1024"):
+        paper = Config.from_yaml(REPO / "configs" / f"{name}.yaml")
+        assert not paper.use_8bit_adam and not paper.use_ema and paper.learning_rate == 5e-5, name
