@@ -141,13 +141,15 @@ def train_vae_from_cli(config, output_dir=None, max_steps=None, resume=None) -> 
 
 
 def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired", out="results.json", steps=20,
-                      scale=2.0, seed=0, limit=None, device=None, variant=None, untrained=False) -> dict:
+                      scale=2.0, seed=0, limit=None, device=None, variant=None, untrained=False, lora=None,
+                      lora_scale=1.0) -> dict:
     """``ootd evaluate``: the test split of a dataset through a pipeline folder (default: the shipped toy checkpoint).
     The options, the data folder and the output path are checked before the model loads.
 
     On a toy wardrobe (its ``toy_info.json`` beside the data) with unpaired pairs, the toy try-on metrics of
     :func:`~ootd_lib.evaluation.evaluate_toy` are measured per category too. ``untrained``: the same VAE and encoders
-    with freshly initialised UNets (the reference a trained model is compared with)."""
+    with freshly initialised UNets (the reference a trained model is compared with). ``lora``: an adapter folder
+    loaded at ``lora_scale`` (as ``ootd tryon --lora``)."""
     from .data import DressCodeDataset, MaskedTryOnDataset, VitonHDDataset
     from .evaluation import evaluate, evaluate_toy, format_metrics
     from .pipeline import load_pipeline, pick_device
@@ -160,8 +162,16 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
         raise InputError(f"--steps must be >= 1, got {steps}")
     device = pick_device(device)
     check_output_file(out, what="--out")
+    if lora and untrained:
+        raise InputError("--lora and --untrained exclude each other: an adapter only fits the UNets it was trained on")
+    if lora:
+        from .lora import read_adapter
+
+        read_adapter(lora)  # a missing or incomplete adapter folder: reported before the model loads
     variant = variant or ("dc" if layout == "dresscode" else "hd")
     pipe = load_pipeline(model, variant=variant)
+    if lora:
+        pipe.load_lora(lora, scale=lora_scale)
     if untrained:
         from .models import build_toy_components
 
@@ -174,7 +184,8 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
     categories = ["upper_body"] if layout == "vitonhd" else (info or {}).get("categories", ["upper_body", "lower_body",
                                                                                             "dresses"])
-    summary = dict(model=str(model or TOY_CHECKPOINT), variant=variant, untrained=untrained, data=str(data),
+    summary = dict(model=str(model or TOY_CHECKPOINT), variant=variant, untrained=untrained,
+                   lora=str(lora) if lora else None, lora_scale=lora_scale if lora else None, data=str(data),
                    layout=layout, pairing=pairing, steps=steps, scale=scale, seed=seed)
     if info is not None and pairing == "unpaired":
         summary["toy"] = {}

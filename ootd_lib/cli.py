@@ -73,7 +73,7 @@ def _run_evaluate(args):
 
     evaluate_from_cli(model=args.model, data=args.data, layout=args.layout, pairing=args.pairing, out=args.out,
                       steps=args.steps, scale=args.scale, seed=args.seed, limit=args.limit, device=args.device,
-                      variant=args.variant, untrained=args.untrained)
+                      variant=args.variant, untrained=args.untrained, lora=args.lora, lora_scale=args.lora_scale)
 
 
 def _run_demo(args):
@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs (per category)")
     s.add_argument("--untrained", action="store_true",
                    help="the same model with freshly initialised UNets (the untrained reference)")
+    s.add_argument("--lora", type=Path, default=None, help="LoRA adapter folder to load into the model (its base)")
+    s.add_argument("--lora-scale", type=float, default=1.0, help="scale of the adapter's updates (0 = the base model)")
     s.add_argument("--device", default=None)
     s.add_argument("--out", type=Path, default=Path("results.json"))
     s.set_defaults(func=_run_evaluate)

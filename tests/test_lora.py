@@ -289,6 +289,17 @@ def test_ootd_tryon_lora_on_the_shipped_toy_checkpoint(tiny_data, tmp_path, caps
     assert "trained on the hd variant" in capsys.readouterr().err and not (tmp_path / "dc.png").exists()
     assert ootd(args + ["--lora", str(tmp_path), "--out", str(tmp_path / "none.png")]) == 2  # not an adapter folder
 
+    # ootd evaluate --lora measures the adapted model (and records which adapter it measured)
+    ev = ["evaluate", "--data", str(tiny_data), "--limit", "1", "--steps", "2", "--device", "cpu"]
+    assert ootd(ev + ["--out", str(tmp_path / "base.json")]) == 0
+    assert ootd(ev + ["--lora", str(adapter), "--out", str(tmp_path / "lora.json")]) == 0
+    without, with_ = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("base", "lora"))
+    assert without["lora"] is None and with_["lora"] == str(adapter) and with_["lora_scale"] == 1.0
+    assert with_["toy"]["upper_body"]["masked_error"] != without["toy"]["upper_body"]["masked_error"]
+    capsys.readouterr()
+    assert ootd(ev + ["--lora", str(adapter), "--untrained", "--out", str(tmp_path / "x.json")]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+
 
 def test_the_playground_loads_an_adapter_into_the_pipeline_of_its_variant(tmp_path):
     pytest.importorskip("ipywidgets")
