@@ -220,8 +220,9 @@ def test_toy_dataset_does_not_reuse_a_folder_of_other_families(tmp_path):
 def test_plaid_training_configs_start_from_the_shipped_checkpoint(name):
     cfg = Config.from_yaml(REPO / "configs" / f"{name}.yaml")
     assert cfg.toy_patterns == ("plaid",) and cfg.model_type == "hd" and cfg.resolution == SIZE
-    assert (REPO / cfg.vae_path / "config.json").is_file() and (REPO / cfg.init_unets).is_dir()
-    assert cfg.seed == 0  # the toy encoders are built from the seed; the shipped checkpoint's are seed 0's
+    # the run takes every component, encoders and VAE included, from the released-layout folder it starts from
+    assert cfg.vae_path is None and (REPO / cfg.init_unets / "checkpoints" / "ootd" / "ootd_hd").is_dir()
+    assert (cfg.lora_rank > 0) == (name == "toy_lora_plaid")
 
 
 def test_pattern_identification_needs_the_pattern_where_garment_identification_passes_on_colour(plaid16):
