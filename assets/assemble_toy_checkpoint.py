@@ -1,0 +1,56 @@
+"""Assemble assets/toy_checkpoint from the toy recipe's stages: one released-layout folder with both variants, one
+shared VAE and one set of encoders, as the release has.
+
+    python assets/assemble_toy_checkpoint.py --hd runs/toy_hd_more/pipeline --dc runs/toy_dc_more/pipeline \\
+        --vae runs/toy_vae_decoder/vae
+
+``--hd`` / ``--dc``: exported training runs (``<output_dir>/pipeline``); ``--vae``: the VAE to ship (a decoder trained
+further by ``configs/toy_vae_decoder.yaml``). Refused unless the pieces fit together: both runs share their frozen
+encoders, and the VAE's encoder and latent scale are the ones both were trained on (only its decoder may differ).
+The folder is written beside the old one and renamed into place.
+"""
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ootd_lib.errors import WeightsError
+from ootd_lib.models import _swap_in, add_variant, load_official_components, load_vae
+
+OUT = Path(__file__).resolve().parent / "toy_checkpoint"
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def main(hd: Path, dc: Path, vae: Path, out: Path = OUT) -> Path:
+    hd_c, dc_c, new_vae = load_official_components(hd, "hd"), load_official_components(dc, "dc"), load_vae(vae)
+    for name in ("text_encoder", "image_encoder"):
+        if not same_weights(hd_c[name], dc_c[name]):
+            raise WeightsError(f"{hd} and {dc} were trained with different {name}s; train both from one toy stage")
+    for name, c in (("hd", hd_c), ("dc", dc_c)):
+        if not (same_weights(c["vae"].encoder, new_vae.encoder)
+                and c["vae"].config.scaling_factor == new_vae.config.scaling_factor):
+            raise WeightsError(f"{vae} encodes differently from the VAE the {name} UNets were trained on: only its "
+                               "decoder may differ (vae_train_encoder: false)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    shutil.copytree(hd, tmp, dirs_exist_ok=True)
+    shutil.rmtree(tmp / "checkpoints" / "ootd" / "vae")
+    shutil.copytree(vae, tmp / "checkpoints" / "ootd" / "vae")
+    add_variant(tmp, dc_c["unet_garm"], dc_c["unet_vton"], "dc")
+    print(f"assembled {out} from {hd} (hd), {dc} (dc) and {vae} (VAE)")
+    return _swap_in(tmp, out)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hd", type=Path, required=True)
+    p.add_argument("--dc", type=Path, required=True)
+    p.add_argument("--vae", type=Path, required=True)
+    args = p.parse_args()
+    main(args.hd, args.dc, args.vae)
