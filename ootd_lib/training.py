@@ -244,7 +244,9 @@ def frozen_components(cfg: Config, accelerator, device="cpu", dtype=torch.float3
     vae = load_or_pretrain_vae(cfg, accelerator)
     comps = comps if vae is None else dict(comps, vae=vae)
     for name in ("vae", "text_encoder", "image_encoder"):
-        cast_frozen(comps[name].requires_grad_(False).to(device), dtype)
+        comps[name].requires_grad_(False).to(device)
+        if dtype != torch.float32:  # (a float32 .to() would only make diffusers warn about an empty list of modules)
+            cast_frozen(comps[name], dtype)
     return comps
 
 

@@ -121,6 +121,23 @@ def test_garment_colour_error_is_the_distance_of_mean_colours_over_the_truth_gar
         garment_colour_error(truth, truth, parse, "dresses")
 
 
+def test_garment_pixel_error_sees_a_lost_pattern_that_the_colour_mean_does_not():
+    from ootd_lib.evaluation import garment_colour_error, garment_pixel_error
+
+    truth = torch.zeros(1, 3, 16, 12)
+    parse = torch.zeros(1, 16, 12, dtype=torch.int64)
+    parse[:, 4:12, 3:9] = 4  # the upper garment
+    truth[:, 0, 4:12, 3:9] = 0.8
+    truth[:, 0, 4:12:2, 3:9] = 0.2  # red stripes on a darker red: mean 0.5
+    blurred = truth.clone()
+    blurred[:, 0, 4:12, 3:9] = 0.5  # the stripes averaged away: the same mean colour
+    assert float(garment_colour_error(blurred, truth, parse, "upper_body")) < 1e-6
+    assert torch.allclose(garment_pixel_error(blurred, truth, parse, "upper_body"), torch.tensor([0.3 / 3]))
+    outside = truth.clone()
+    outside[:, :, :4] = 1.0  # only the truth's garment pixels count
+    assert torch.equal(garment_pixel_error(outside, truth, parse, "upper_body"), torch.zeros(1))
+
+
 @pytest.fixture(scope="module")
 def toy16(tmp_path_factory):
     """16 unpaired toy test pairs at 128×96 (enough for K = 16 candidates), with masks."""

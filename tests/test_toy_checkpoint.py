@@ -65,15 +65,18 @@ def vae_results(held_out):
 
 def test_the_shipped_vae_reconstructs_held_out_toy_images(held_out):
     """Held-out images at 128×96 (16 per category here; assets/README.md has 64): the issue's pixel-MAE target
-    (≤ 0.04) is met; the garment mean-colour error (0.014–0.022) and the masked-region floor (0.033–0.041) are
-    guarded at their measured levels, their targets (≤ 0.015, ≤ 0.03) are the xfail below."""
+    (≤ 0.04) is met; the garment mean-colour error (0.013–0.018 on 64), the masked-region floor (0.029–0.037) and the
+    garment's full-resolution pixel error (0.066–0.084: the pattern is blurred) are guarded at their measured levels;
+    the colour and floor targets (≤ 0.015, ≤ 0.03) are the xfail below."""
     for category, m in vae_results(held_out):
         assert m["pixel_mae"] <= 0.04, (category, m)
-        assert m["colour_error"] <= 0.03 and m["masked_floor"] <= 0.045, (category, m)
+        assert m["colour_error"] <= 0.025 and m["masked_floor"] <= 0.042, (category, m)
+        assert m["garment_pixel_error"] <= 0.10, (category, m)
 
 
-@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): colour error up to 0.022 and masked floor 0.038 on "
-                   "held-out images; the targets need a longer or larger toy VAE. When this passes, fold it above.")
+@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): colour error up to 0.018 (lower_body) and masked "
+                   "floor up to 0.037 on held-out images; the targets need a longer or larger toy VAE. When this "
+                   "passes, fold it above.")
 def test_the_shipped_vae_meets_the_colour_and_floor_targets(held_out):
     assert all(m["colour_error"] <= 0.015 and m["masked_floor"] <= 0.03 for _, m in vae_results(held_out))
 
@@ -94,18 +97,20 @@ def recorded():
 def test_recorded_evaluation_belongs_to_the_shipped_weights_and_shows_garment_transfer():
     """toy_eval.json was measured on the shipped UNets, and no regression below what they reached: every model
     identifies the garment far above chance (1/16) and far above its untrained self, its colour follows the garment
-    it is given (≥ 1.5× lower error than given another garment; untrained: 1.0×), and the untrained model is at
-    chance. The issue's full targets are the xfail below."""
-    floors = {"hd": 0.70, "dc": 0.20}
+    it is given (untrained: 1.0×; hd meets the issue's 4× target), and the untrained model is at chance. The issue's
+    remaining targets are the xfail below."""
+    floors = {("hd", "upper_body"): 0.78, ("dc", "upper_body"): 0.65, ("dc", "lower_body"): 0.35,
+              ("dc", "dresses"): 0.65}  # measured: 83 %, 73 %, 42 %, 75 %
     for variant, cat, r, untrained in recorded():
-        assert r["identification"] >= floors[variant] if cat != "lower_body" else r["identification"] >= 0.20
-        assert r["identification"] >= 0.45 or cat == "lower_body", (variant, cat, r)
+        assert r["identification"] >= floors[variant, cat], (variant, cat, r)
         assert untrained["identification"] < 0.2 and abs(untrained["colour_ratio"] - 1) < 0.05, (variant, cat)
-        assert r["colour_ratio"] >= 1.5 and r["masked_error"] <= 3.5 * r["vae_floor"], (variant, cat, r)
+        assert r["colour_ratio"] >= (4.0 if variant == "hd" else 1.7), (variant, cat, r)  # measured 5.1×; 1.9–3.4×
+        assert r["masked_error"] <= 3.5 * r["vae_floor"], (variant, cat, r)
 
 
-@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): hd identifies 75 % (target 85 %), dc 25-58 % "
-                   "(target 80 %); colour ratio 1.6-3.0x (target 4x); masked error 2.6-3.2x the VAE floor (target 2x)")
+@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): hd identifies 83 % (target 85 %), dc 42-75 % "
+                   "(target 80 %); dc colour ratio 1.9-3.4x (target 4x); masked error 2.2-3.2x the VAE floor "
+                   "(target 2x)")
 def test_recorded_evaluation_meets_the_issue_targets():
     for variant, cat, r, _ in recorded():
         assert r["identification"] >= (0.85 if variant == "hd" else 0.80), (variant, cat, r)
