@@ -44,10 +44,22 @@ def test_the_shipped_adapter_belongs_to_the_shipped_hd_checkpoint_and_is_small(r
     assert sizes["adapter"] <= 0.10 * sizes["unets"]  # the issue: ≤ 10 % of the UNets
 
 
-def test_the_adapter_teaches_the_new_family(recorded):
-    """Guards the levels the shipped adapter reached on the 64 plaid test pairs (assets/README.md)."""
-    base, tuned = recorded["models"]["base"]["plaid"], recorded["models"]["lora"]["plaid"]
-    assert tuned["pattern_identification"] >= base["pattern_identification"] + PATTERN_GAIN
-    assert tuned["identification"] >= IDENTIFICATION_FLOOR
-    # an adapter can be switched off: the base model's own families are measured without it (no forgetting by design)
-    assert recorded["models"]["lora"]["ordinary"]["n"] == 64
+def test_the_recorded_runs_moved_the_new_family_and_kept_the_old_ones(recorded):
+    """Guards the levels measured on the 64 plaid test pairs (assets/README.md, "Toy LoRA"): the adapter raised
+    pattern identification 30 % → 36 % and garment identification 75 % → 77 %, and with it loaded the model still
+    identifies 84 % of the ordinary families' garments (the base: 83 %); full fine-tuning moved plaid less (73 %, 31 %)
+    and dropped the ordinary families to 80 %."""
+    m = recorded["models"]
+    base, tuned = m["base"]["plaid"], m["lora"]["plaid"]
+    assert tuned["pattern_identification"] >= base["pattern_identification"] + 3 / 64  # measured: +4 pairs of 64
+    assert tuned["identification"] >= base["identification"]
+    assert m["lora"]["ordinary"]["identification"] >= m["base"]["ordinary"]["identification"] - 2 / 64
+
+
+@pytest.mark.xfail(strict=True, reason="open (LoRA issue, item 5): the adapter reaches 36 % pattern identification on "
+                   "plaid (chance 17 %; the VAE round trip of the truth itself reaches 80 %) and 77 % garment "
+                   "identification, which was 75 % before (colour alone identifies plaid garments), not the "
+                   "near-chance → ≥ 80 % the issue asks for")
+def test_the_adapter_reaches_the_issue_target(recorded):
+    tuned = recorded["models"]["lora"]["plaid"]
+    assert tuned["pattern_identification"] >= 0.80 and tuned["identification"] >= 0.80
