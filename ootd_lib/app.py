@@ -56,14 +56,8 @@ def tryon_files(person, garment, category="upper_body", mask=None, model=None, o
             raise InputError(f"{flag} must be >= 1, got {value}")
     if category not in CATEGORIES:
         raise InputError(f"category {category!r} must be one of {CATEGORIES}")
-    if lora:
-        from .lora import read_adapter
-
-        read_adapter(lora)  # a missing or incomplete adapter folder: reported before the model loads
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = load_pipeline(model, official, variant, torch_dtype=dtype)
-    if lora:
-        pipe.load_lora(lora, scale=lora_scale)
+    pipe = load_pipeline(model, official, variant, torch_dtype=dtype, lora=lora, lora_scale=lora_scale)
     pipe.to(device)
     parser = pose = None
     if mask_img is None:
@@ -164,14 +158,8 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
     check_output_file(out, what="--out")
     if lora and untrained:
         raise InputError("--lora and --untrained exclude each other: an adapter only fits the UNets it was trained on")
-    if lora:
-        from .lora import read_adapter
-
-        read_adapter(lora)  # a missing or incomplete adapter folder: reported before the model loads
     variant = variant or ("dc" if layout == "dresscode" else "hd")
-    pipe = load_pipeline(model, variant=variant)
-    if lora:
-        pipe.load_lora(lora, scale=lora_scale)
+    pipe = load_pipeline(model, variant=variant, lora=lora, lora_scale=lora_scale)
     if untrained:
         from .models import build_toy_components
 

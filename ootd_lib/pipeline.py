@@ -616,13 +616,25 @@ def pick_device(device: str | None = None) -> str:
     raise InputError(f"unknown device {name!r}; use --device cpu, cuda, cuda:N or mps")
 
 
-def load_pipeline(model=None, official=None, variant: str | None = None, torch_dtype=None) -> OOTDPipeline:
+def load_pipeline(model=None, official=None, variant: str | None = None, torch_dtype=None, lora=None,
+                  lora_scale: float = 1.0) -> OOTDPipeline:
     """The pipeline ``ootd tryon`` / ``ootd evaluate`` run: ``official`` (released weights: folder or hub repo id),
     else ``model`` (a folder in the released layout, or an ``OOTDPipeline.save_pretrained`` folder), else the shipped
     toy checkpoint (both variants).
 
     ``variant`` (hd | dc) picks the UNets of a released-layout folder (default: hd, or the folder's only variant); a
-    ``save_pretrained`` folder holds one variant, so asking for the other is an error."""
+    ``save_pretrained`` folder holds one variant, so asking for the other is an error. ``lora``: an adapter folder
+    loaded at ``lora_scale`` (:meth:`OOTDPipeline.load_lora`); a missing or incomplete one is reported before the
+    model loads."""
+    if lora:
+        from .lora import read_adapter
+
+        read_adapter(lora)
+    pipe = _load_base_pipeline(model, official, variant, torch_dtype)
+    return pipe.load_lora(lora, scale=lora_scale) if lora else pipe
+
+
+def _load_base_pipeline(model, official, variant, torch_dtype) -> OOTDPipeline:
     from .hub import OFFICIAL_REPO
 
     if variant is not None and variant not in MODEL_TYPES:

@@ -256,9 +256,9 @@ def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
     A wholly frozen module (the VAE and the encoders) is cast whole, buffers included. In a partly trained one every
     wholly frozen submodule is, the trained ones and parameters held directly by a mixed module stay float32: under
-    LoRA the base UNets' layers are cast and their adapters kept float32 (:func:`trainable_model` gets the same with
-    diffusers' ``cast_training_params``). Such a module computes under autocast only (accelerate's, in training). Full fine-tuning
-    leaves its UNets alone: the garment UNet's frozen tail is 2.4 M of its 860 M parameters, not worth a mixed UNet."""
+    LoRA (:func:`trainable_model`) the base UNets' layers are cast and their adapters kept float32. Such a module
+    computes under autocast only (accelerate's, in training). Full fine-tuning leaves its UNets alone: the garment
+    UNet's frozen tail is 2.4 M of its 860 M parameters, not worth a mixed UNet."""
     if not any(p.requires_grad for p in module.parameters()):
         return module.to(dtype)
     for child in module.children():
@@ -283,19 +283,16 @@ def trainable_model(comps: dict, cfg: Config, dtype: torch.dtype = torch.float32
     ``find_unused_parameters`` and keeps them out of the optimizer.
 
     ``lora_rank > 0``: both UNets frozen with LoRA adapters (:func:`ootd_lib.lora.add_lora`); the frozen weights in
-    ``dtype`` (the mixed-precision one), what trains in float32 (diffusers' ``cast_training_params``)."""
+    ``dtype`` (the mixed-precision one), what trains in float32 (:func:`cast_frozen`)."""
     from .models import OOTDModel
 
     model = OOTDModel(comps["unet_garm"], comps["unet_vton"]).train()
     if cfg.lora_rank:
-        from diffusers.training_utils import cast_training_params
-
         from .lora import add_lora
 
         add_lora(model, cfg)
         if dtype != torch.float32:
-            model.to(dtype)
-            cast_training_params(model, torch.float32)
+            cast_frozen(model, dtype)
     else:
         for name in model.fusion.unused_garment_parameters():
             model.unet_garm.get_parameter(name).requires_grad_(False)
@@ -486,6 +483,8 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     else:
         final = export_pipeline(cfg, comps if dtype == torch.float32 else frozen_components(cfg, accelerator),
                                 full_unets(model, sharded))
+    if main and (out / "logs" / "loss.csv").exists():
+        plot_loss(out / "logs" / "loss.csv", out / "logs" / "loss.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
@@ -541,7 +540,7 @@ def _ranks_identical(accelerator, model) -> bool:
 def export_pipeline(cfg: Config, comps: dict, unets) -> Path:
     """``<output_dir>/pipeline`` in the released folder layout (main process; ``unets`` None elsewhere), with the
     training resolution and model type in ``model_index.json``, so ``OOTDPipeline.from_pretrained`` loads it as
-    trained. The loss curve goes to ``logs/loss.png``."""
+    trained."""
     from .models import save_components
 
     out = Path(cfg.output_dir)
@@ -554,8 +553,6 @@ def export_pipeline(cfg: Config, comps: dict, unets) -> Path:
     height, width = cfg.resolution
     _write_model_index(final / "checkpoints" / "ootd", type(comps["vae"]).__name__, height=height, width=width,
                        model_type=cfg.model_type)
-    if (out / "logs" / "loss.csv").exists():
-        plot_loss(out / "logs" / "loss.csv", out / "logs" / "loss.png")
     return final
 
 
@@ -567,9 +564,6 @@ def export_lora(cfg: Config, model, base: dict) -> Path:
     final = Path(cfg.output_dir) / "lora"
     if is_main_process():
         save_adapter(final, model, adapter_meta(cfg, base, cfg.max_train_steps), overwrite=True)
-        out = Path(cfg.output_dir)
-        if (out / "logs" / "loss.csv").exists():
-            plot_loss(out / "logs" / "loss.csv", out / "logs" / "loss.png")
     return final
 
 
