@@ -157,18 +157,26 @@ def identification_candidates(n_test: int, garment: int, person: int, category: 
 def candidate_tensors(items: list, info: dict, size, k: int = 16, seed: int = 0) -> list:
     """For each toy unpaired test item, its K candidate renders (right garment first) as a (K,3,H,W) [0, 1] tensor at
     ``size``, resized as the dataset readers resize the truth (``info`` = the wardrobe's toy_info.json)."""
+    from .toydata import candidate_renders
+
+    return _render_tensors(items, info, size, lambda cat, person, garment: candidate_renders(
+        info, cat, person, identification_candidates(info["n_test"], garment, person, cat, k, seed)))
+
+
+def _render_tensors(items: list, info: dict, size, renders) -> list:
+    """For each toy test item, ``renders(category, person index, garment index)`` (H,W,3 uint8 arrays) as one
+    (N,3,H,W) [0, 1] tensor at ``size``, resized as the dataset readers resize the truth."""
     from PIL import Image
 
     from .data import image_to_tensor
-    from .toydata import candidate_renders, test_index
+    from .toydata import test_index
 
     out = []
     for it in items:
         cat, person = test_index(info["layout"], Path(it["person_name"]).stem)
         _, garment = test_index(info["layout"], Path(it["garment_name"]).stem)
-        cands = identification_candidates(info["n_test"], garment, person, cat, k, seed)
         out.append(torch.stack([to_unit(image_to_tensor(Image.fromarray(r), size))
-                                for r in candidate_renders(info, cat, person, cands)]))
+                                for r in renders(cat, person, garment)]))
     return out
 
 
@@ -190,18 +198,10 @@ def identify_garments(results: torch.Tensor, items: list, info: dict, k: int = 1
 def pattern_tensors(items: list, info: dict, size) -> list:
     """For each toy unpaired test item, the person wearing its garment drawn in every garment family (its own first,
     :func:`ootd_lib.toydata.family_renders`) as a (F,3,H,W) [0, 1] tensor at ``size``, resized as the truth is."""
-    from PIL import Image
+    from .toydata import family_renders
 
-    from .data import image_to_tensor
-    from .toydata import family_renders, test_index
-
-    out = []
-    for it in items:
-        cat, person = test_index(info["layout"], Path(it["person_name"]).stem)
-        _, garment = test_index(info["layout"], Path(it["garment_name"]).stem)
-        out.append(torch.stack([to_unit(image_to_tensor(Image.fromarray(r), size))
-                                for r in family_renders(info, cat, person, garment)[1]]))
-    return out
+    return _render_tensors(items, info, size,
+                           lambda cat, person, garment: family_renders(info, cat, person, garment)[1])
 
 
 def identify_patterns(results: torch.Tensor, items: list, info: dict) -> torch.Tensor:
