@@ -51,6 +51,7 @@ from .conditioning import cache_latents, encode_batch
 from .config import LOSS_WEIGHTINGS, Config
 from .data import build_dataset
 from .errors import ConfigError, DataError, OOTDError, TrainingError
+from .progress import progress_enabled
 from .viz import LossLog, plot_loss, sample_grid
 
 __all__ = ["train", "training_step", "optimizer_step", "draw_randomness", "loss_weights",
@@ -446,7 +447,7 @@ def train(cfg: Config, resume: str | None = None, progress: bool = True, overwri
     # the loop: one optimizer step = `accum` micro-batches, each split across the processes
     sampler = StepBatchSampler(len(train_data), cfg.seed, micro_batch, accum, rank, world, start=step)
     batches = iter(torch.utils.data.DataLoader(train_data, batch_sampler=sampler, num_workers=cfg.num_workers))
-    bar = tqdm(total=cfg.max_train_steps, initial=step, desc="train", disable=not (progress and main))
+    bar = tqdm(total=cfg.max_train_steps, initial=step, desc="train", disable=not progress_enabled(progress and main))
     t_start, first = time.time(), step
     for step in range(step + 1, cfg.max_train_steps + 1):
         window = next_window(batches, cfg, comps, step, rank, world, device, dtype)

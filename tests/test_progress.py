@@ -75,3 +75,28 @@ def test_ootd_lib_bars_obey_the_switch(monkeypatch, tmp_path, capsys):
         assert bar.disable is True
     generate_toy_dataset(tmp_path / "b", n_train=1, n_test=0, progress=True)
     assert capsys.readouterr().err == ""
+
+
+def test_training_bars_obey_the_switch(monkeypatch, capsys):
+    # `ootd train-vae` and `ootd train` run with progress=True; the switch must still silence them (a tiny VAE step)
+    import torch
+    from diffusers import AutoencoderTiny
+
+    from ootd_lib.models import toy_vae_config
+    from ootd_lib.toy_vae import pretrain_toy_vae
+
+    class Pool:  # what pretrain_toy_vae reads: dataset.base[i]["person" | "garment"]
+        base = [{"person": torch.zeros(3, 16, 16), "garment": torch.zeros(3, 16, 16)}]
+
+        def __len__(self):
+            return 1
+
+    torch.manual_seed(0)
+    vae = AutoencoderTiny(**toy_vae_config())
+    for switch, shown in ((None, True), ("0", False)):
+        if switch is None:
+            monkeypatch.delenv("OOTD_PROGRESS", raising=False)
+        else:
+            monkeypatch.setenv("OOTD_PROGRESS", switch)
+        pretrain_toy_vae(vae, Pool(), steps=1, batch_size=1, crop=(8, 8), progress=True)
+        assert ("toy VAE" in capsys.readouterr().err) is shown
