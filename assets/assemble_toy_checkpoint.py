@@ -1,16 +1,20 @@
 """Assemble assets/toy_checkpoint from the toy recipe's stages: one released-layout folder with both variants, one
 shared VAE and one set of encoders, as the release has.
 
-    python assets/assemble_toy_checkpoint.py --hd runs/toy_hd_more/pipeline --dc runs/toy_dc_more/pipeline \\
-        --vae runs/toy_vae_decoder/vae
+    python assets/assemble_toy_checkpoint.py --hd runs/toy_hd_more/pipeline --dc runs/toy_dc_stage4/pipeline \\
+        --vae runs/toy_vae_decoder2/vae
 
 ``--hd`` / ``--dc``: exported training runs (``<output_dir>/pipeline``); ``--vae``: the VAE to ship (a decoder trained
 further by ``configs/toy_vae_decoder.yaml``). Refused unless the pieces fit together: both runs share their frozen
 encoders, and the VAE's encoder and latent scale are the ones both were trained on (only its decoder may differ).
-The folder is written beside the old one and renamed into place.
+``model_index.json`` records ``latent_mask: any`` (``--latent-mask``): at 128×96 a latent cell is 8 pixels, as wide as
+a toy trouser leg, and the released ``nearest`` downsampling drops such parts of the mask, so repaint pastes the
+person's own trousers back (assets/README.md, "The latent repaint mask"). The folder is written beside the old one and
+renamed into place.
 """
 
 import argparse
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +32,7 @@ def same_weights(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def main(hd: Path, dc: Path, vae: Path, out: Path = OUT) -> Path:
+def main(hd: Path, dc: Path, vae: Path, out: Path = OUT, latent_mask: str = "any") -> Path:
     hd_c, dc_c, new_vae = load_official_components(hd, "hd"), load_official_components(dc, "dc"), load_vae(vae)
     for name in ("text_encoder", "image_encoder"):
         if not same_weights(hd_c[name], dc_c[name]):
@@ -43,6 +47,8 @@ def main(hd: Path, dc: Path, vae: Path, out: Path = OUT) -> Path:
     shutil.rmtree(tmp / "checkpoints" / "ootd" / "vae")
     shutil.copytree(vae, tmp / "checkpoints" / "ootd" / "vae")
     add_variant(tmp, dc_c["unet_garm"], dc_c["unet_vton"], "dc")
+    index = tmp / "checkpoints" / "ootd" / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "latent_mask": latent_mask}, indent=2) + "\n")
     print(f"assembled {out} from {hd} (hd), {dc} (dc) and {vae} (VAE)")
     return _swap_in(tmp, out)
 
@@ -52,5 +58,6 @@ if __name__ == "__main__":
     p.add_argument("--hd", type=Path, required=True)
     p.add_argument("--dc", type=Path, required=True)
     p.add_argument("--vae", type=Path, required=True)
+    p.add_argument("--latent-mask", choices=["nearest", "any"], default="any")
     args = p.parse_args()
-    main(args.hd, args.dc, args.vae)
+    main(args.hd, args.dc, args.vae, latent_mask=args.latent_mask)

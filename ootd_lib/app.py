@@ -35,17 +35,19 @@ __all__ = ["tryon_files", "mask_person_file", "train_from_cli", "train_vae_from_
 
 def tryon_files(person, garment, category="upper_body", mask=None, model=None, official=None, variant=None,
                 steps=20, scale=2.0, seed=0, samples=1, out="result.png", device=None, weights=None,
-                paste_back=False, lora=None, lora_scale=1.0) -> list[Path]:
+                paste_back=False, lora=None, lora_scale=1.0, latent_mask=None) -> list[Path]:
     """``ootd tryon``: read the images, load the model (default: the shipped toy checkpoint), write the result(s).
 
     ``variant``: ``hd`` / ``dc`` for ``model`` and ``official`` (None: what the folder says, else ``hd``).
     ``lora``: a LoRA adapter folder loaded into the model at ``lora_scale`` (:meth:`OOTDPipeline.load_lora`).
+    ``latent_mask``: ``nearest`` (as released) or ``any`` (:func:`~ootd_lib.pipeline.mask_to_latents`); None: what the
+    model's folder says.
 
     With ``samples > 1`` the files are ``out`` with ``_0``, ``_1``, ... before the suffix. Returns the written paths.
     Everything the user passed is checked before a model loads: the device, the image files (decoded), the output
     path, the step and sample counts.
     """
-    from .pipeline import compute_mask, load_pipeline, pick_device
+    from .pipeline import check_latent_mask, compute_mask, load_pipeline, pick_device
 
     device = pick_device(device)
     person_img, garment_img = load_rgb(person, LOAD_MAX_SIDE), load_rgb(garment, LOAD_MAX_SIDE)
@@ -56,6 +58,8 @@ def tryon_files(person, garment, category="upper_body", mask=None, model=None, o
             raise InputError(f"{flag} must be >= 1, got {value}")
     if category not in CATEGORIES:
         raise InputError(f"category {category!r} must be one of {CATEGORIES}")
+    if latent_mask is not None:
+        check_latent_mask(latent_mask)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = load_pipeline(model, official, variant, torch_dtype=dtype, lora=lora, lora_scale=lora_scale)
     pipe.to(device)
@@ -70,7 +74,7 @@ def tryon_files(person, garment, category="upper_body", mask=None, model=None, o
     generator = torch.Generator("cpu").manual_seed(int(seed))
     result = pipe(person_img, garment_img, mask_img, category=category, num_inference_steps=steps,
                   image_guidance_scale=scale, num_images_per_prompt=samples, generator=generator,
-                  paste_back=paste_back)
+                  paste_back=paste_back, latent_mask=latent_mask)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if samples == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(samples)]
     for img, p in zip(result.images, paths):
@@ -136,17 +140,17 @@ def train_vae_from_cli(config, output_dir=None, max_steps=None, resume=None) -> 
 
 def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired", out="results.json", steps=20,
                       scale=2.0, seed=0, limit=None, device=None, variant=None, untrained=False, lora=None,
-                      lora_scale=1.0) -> dict:
+                      lora_scale=1.0, latent_mask=None) -> dict:
     """``ootd evaluate``: the test split of a dataset through a pipeline folder (default: the shipped toy checkpoint).
     The options, the data folder and the output path are checked before the model loads.
 
     On a toy wardrobe (its ``toy_info.json`` beside the data) with unpaired pairs, the toy try-on metrics of
     :func:`~ootd_lib.evaluation.evaluate_toy` are measured per category too. ``untrained``: the same VAE and encoders
     with freshly initialised UNets (the reference a trained model is compared with). ``lora``: an adapter folder
-    loaded at ``lora_scale`` (as ``ootd tryon --lora``)."""
+    loaded at ``lora_scale`` (as ``ootd tryon --lora``). ``latent_mask``: the repaint-mask mode (None: the model's own)."""
     from .data import DressCodeDataset, MaskedTryOnDataset, VitonHDDataset
     from .evaluation import evaluate, evaluate_toy, format_metrics
-    from .pipeline import load_pipeline, pick_device
+    from .pipeline import check_latent_mask, load_pipeline, pick_device
 
     if data is None or not Path(data).is_dir():
         raise DataError(f"--data {data} is not a folder; pass a dataset root (make a toy one with `ootd toy-data`)")
@@ -154,6 +158,8 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
         raise InputError(f"--limit must be >= 1, got {limit} (leave it out to evaluate every pair)")
     if int(steps) < 1:
         raise InputError(f"--steps must be >= 1, got {steps}")
+    if latent_mask is not None:
+        check_latent_mask(latent_mask)
     device = pick_device(device)
     check_output_file(out, what="--out")
     if lora and untrained:
@@ -174,21 +180,23 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
                                                                                             "dresses"])
     summary = dict(model=str(model or TOY_CHECKPOINT), variant=variant, untrained=untrained,
                    lora=str(lora) if lora else None, lora_scale=lora_scale if lora else None, data=str(data),
-                   layout=layout, pairing=pairing, steps=steps, scale=scale, seed=seed)
+                   layout=layout, pairing=pairing, steps=steps, scale=scale, seed=seed,
+                   latent_mask=latent_mask or pipe.config.latent_mask)
     if info is not None and pairing == "unpaired":
         summary["toy"] = {}
         for cat in categories:
             base = (VitonHDDataset(data, "test", pairing, size=size) if layout == "vitonhd"
                     else DressCodeDataset(data, "test", pairing, categories=(cat,), size=size))
             res = evaluate_toy(pipe, MaskedTryOnDataset(base, pipe.config.model_type), info, steps=steps,
-                               scale=scale, seed=seed, limit=limit, k=min(16, info["n_test"]))
+                               scale=scale, seed=seed, limit=limit, k=min(16, info["n_test"]),
+                               latent_mask=latent_mask)
             summary["toy"][cat] = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
             print(f"{cat}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)))
     else:
         base = (VitonHDDataset(data, "test", pairing, size=size) if layout == "vitonhd"
                 else DressCodeDataset(data, "test", pairing, size=size))
         result = evaluate(pipe, MaskedTryOnDataset(base, pipe.config.model_type), steps=steps, scale=scale, seed=seed,
-                          limit=limit)
+                          limit=limit, latent_mask=latent_mask)
         print(format_metrics(result))
         summary.update(n=result["n"], metrics=result["metrics"], skipped=result["skipped"])
     Path(out).parent.mkdir(parents=True, exist_ok=True)

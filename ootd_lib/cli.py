@@ -52,7 +52,8 @@ def _run_tryon(args):
     tryon_files(person=args.person, garment=args.garment, category=args.category, mask=args.mask,
                 model=args.model, official=args.official, variant=args.variant, steps=args.steps,
                 scale=args.scale, seed=args.seed, samples=args.samples, out=args.out, device=args.device,
-                weights=args.weights, paste_back=args.paste_back, lora=args.lora, lora_scale=args.lora_scale)
+                weights=args.weights, paste_back=args.paste_back, lora=args.lora, lora_scale=args.lora_scale,
+                latent_mask=args.latent_mask)
 
 
 def _run_train(args):
@@ -73,7 +74,8 @@ def _run_evaluate(args):
 
     evaluate_from_cli(model=args.model, data=args.data, layout=args.layout, pairing=args.pairing, out=args.out,
                       steps=args.steps, scale=args.scale, seed=args.seed, limit=args.limit, device=args.device,
-                      variant=args.variant, untrained=args.untrained, lora=args.lora, lora_scale=args.lora_scale)
+                      variant=args.variant, untrained=args.untrained, lora=args.lora, lora_scale=args.lora_scale,
+                      latent_mask=args.latent_mask)
 
 
 def _run_demo(args):
@@ -140,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora-scale", type=float, default=1.0, help="scale of the adapter's updates (0 = the base model)")
     s.add_argument("--paste-back", action="store_true",
                    help="blend the result into the original photo outside the mask (feathered); off = as released")
+    s.add_argument("--latent-mask", choices=["nearest", "any"], default=None,
+                   help="how the mask reaches the latents for repaint: nearest (as released) or any (a latent cell is "
+                        "repainted when any of its pixels is masked: for masks thinner than 8 pixels); default: what "
+                        "the model folder says (the toy checkpoint: any), else nearest")
     s.add_argument("--out", type=Path, default=Path("result.png"))
     s.set_defaults(func=_run_tryon)
 
@@ -175,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same model with freshly initialised UNets (the untrained reference)")
     s.add_argument("--lora", type=Path, default=None, help="LoRA adapter folder to load into the model (its base)")
     s.add_argument("--lora-scale", type=float, default=1.0, help="scale of the adapter's updates (0 = the base model)")
+    s.add_argument("--latent-mask", choices=["nearest", "any"], default=None,
+                   help="repaint-mask mode, as for `ootd tryon` (default: the model's)")
     s.add_argument("--device", default=None)
     s.add_argument("--out", type=Path, default=Path("results.json"))
     s.set_defaults(func=_run_evaluate)

@@ -215,7 +215,7 @@ def identify_patterns(results: torch.Tensor, items: list, info: dict) -> torch.T
 @torch.no_grad()
 def evaluate_toy(pipe, dataset, info: dict, steps: int = 20, scale: float = 2.0, seed: int = 0, k: int = 16,
                  limit: int | None = None, baseline: bool = True, progress: bool = False,
-                 keep_images: bool = False) -> dict:
+                 keep_images: bool = False, latent_mask: str | None = None) -> dict:
     """The toy try-on metrics on unpaired test items with exact ground truth (see the module docstring).
 
     Returns ``n``, ``masked_error`` and the ``vae_floor`` beside it (``floor_ratio`` = their ratio),
@@ -234,7 +234,7 @@ def evaluate_toy(pipe, dataset, info: dict, steps: int = 20, scale: float = 2.0,
 
     def measure(data) -> dict:
         res = evaluate(pipe, data, steps=steps, scale=scale, seed=seed, lpips=False, progress=progress,
-                       keep_images=True, distribution=False)
+                       keep_images=True, distribution=False, latent_mask=latent_mask)
         out = res["images"]
         return dict(images=out, ssim=res["metrics"]["ssim"], psnr=res["metrics"]["psnr"],
                     masked_error=masked_region_error(out, truth, mask),
@@ -331,7 +331,7 @@ def lpips_metric(net_type: str = "alex"):
 @torch.no_grad()
 def evaluate(pipe, dataset, steps: int = 20, scale: float = 2.0, seed: int = 0, batch_size: int = 8,
              limit: int | None = None, feature_extractor=None, lpips: bool = True, progress: bool = True,
-             keep_images: bool = False, distribution: bool = True) -> dict:
+             keep_images: bool = False, distribution: bool = True, latent_mask: str | None = None) -> dict:
     """Run ``pipe`` on ``dataset`` (items with person, garment, mask, category and optional target) and measure.
 
     Returns ``{"n", "metrics": {name: mean}, "skipped": {name: reason}, "per_image": {...}}`` (+ ``"images"``, the
@@ -356,7 +356,8 @@ def evaluate(pipe, dataset, steps: int = 20, scale: float = 2.0, seed: int = 0, 
         mask = torch.stack([it["mask"] for it in items])
         gens = [torch.Generator().manual_seed(seed + start + j) for j in range(len(items))]
         out = pipe(person, torch.stack([it["garment"] for it in items]), mask, [it["category"] for it in items],
-                   num_inference_steps=steps, image_guidance_scale=scale, generator=gens, output_type="pt").images
+                   num_inference_steps=steps, image_guidance_scale=scale, generator=gens, output_type="pt",
+                   latent_mask=latent_mask).images
         out = out.float().cpu()
         if keep_images:
             images.append(out)

@@ -191,6 +191,27 @@ def prepare_masks(masks, sizes: Sequence[tuple[int, int]], size) -> torch.Tensor
     return torch.stack(out)
 
 
+LATENT_MASKS = ("nearest", "any")
+
+
+def mask_to_latents(mask, size, mode: str = "nearest") -> torch.Tensor:
+    """The repaint mask (B,1,H,W) {0,1} at the latent grid ``size``.
+
+    ``nearest``, as released, gives each latent cell the pixel at its sampling point: a region thinner than a cell
+    (8 pixels) can miss every sampling point and lose its repaint, which at 1024×768 is a strap but at the toy's 128×96
+    is a trouser leg. ``any`` repaints a cell when any of its pixels is masked (max pooling), so the whole mask is
+    regenerated and the original latents are pasted back only where no pixel of the cell is masked."""
+    check_latent_mask(mode)
+    if mode == "any":
+        return F.adaptive_max_pool2d(mask, tuple(size))
+    return F.interpolate(mask, size=tuple(size), mode="nearest")
+
+
+def check_latent_mask(mode: str) -> None:
+    if mode not in LATENT_MASKS:
+        raise InputError(f"latent_mask={mode!r} must be one of {LATENT_MASKS} ('nearest' as released)")
+
+
 def repaint(latents, original, noise, mask, scheduler) -> torch.Tensor:
     """Keep the sample inside the mask; outside it put the original latents noised to the sigma the scheduler's last
     ``step`` reached (after the last step: the clean original).
@@ -236,7 +257,9 @@ class OOTDPipeline(DiffusionPipeline):
 
     Components: ``vae, text_encoder, tokenizer, image_encoder, feature_extractor, unet_garm, unet_vton, scheduler``
     (stock diffusers / transformers classes). Config: ``height``, ``width`` (the profile resolution) and
-    ``model_type`` (``hd`` VITON-HD half-body, ``dc`` Dress Code with the category word in the prompt).
+    ``model_type`` (``hd`` VITON-HD half-body, ``dc`` Dress Code with the category word in the prompt) and
+    ``latent_mask``, how a call brings the mask to the latent grid unless told otherwise (:func:`mask_to_latents`:
+    ``nearest`` as released; the toy checkpoint says ``any``).
 
     Load with :meth:`from_official` (released folder layout or hub repo; the shipped toy checkpoint uses that layout
     too) or :meth:`from_pretrained` (a ``save_pretrained`` folder, or a released-layout folder).
@@ -249,10 +272,11 @@ class OOTDPipeline(DiffusionPipeline):
                  image_encoder: CLIPVisionModelWithProjection, feature_extractor: CLIPImageProcessor,
                  unet_garm: UNet2DConditionModel, unet_vton: UNet2DConditionModel,
                  scheduler: UniPCMultistepScheduler, height: int | None = None, width: int | None = None,
-                 model_type: str = "hd"):
+                 model_type: str = "hd", latent_mask: str = "nearest"):
         super().__init__()
         if model_type not in MODEL_TYPES:
             raise InputError(f"model_type={model_type!r} must be one of {MODEL_TYPES}")
+        check_latent_mask(latent_mask)
         if unet_vton.config.in_channels != 2 * unet_garm.config.in_channels:
             raise InputError(f"unet_vton has in_channels={unet_vton.config.in_channels}, expected "
                              f"{2 * unet_garm.config.in_channels} (cat[noisy, masked-person latents])")
@@ -260,7 +284,8 @@ class OOTDPipeline(DiffusionPipeline):
                               feature_extractor=feature_extractor, unet_garm=unet_garm, unet_vton=unet_vton,
                               scheduler=scheduler)
         default_h, default_w = default_resolution(vae)
-        self.register_to_config(height=int(height or default_h), width=int(width or default_w), model_type=model_type)
+        self.register_to_config(height=int(height or default_h), width=int(width or default_w), model_type=model_type,
+                                latent_mask=latent_mask)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -276,7 +301,7 @@ class OOTDPipeline(DiffusionPipeline):
         ``variant``: ``hd`` or ``dc``. Not given: the ``model_type`` that training's export writes into
         ``model_index.json``, else the only variant a local folder holds, else ``hd``. The resolution likewise comes
         from the exported ``height`` / ``width``; the released files record none, so then from the VAE
-        (:func:`default_resolution`).
+        (:func:`default_resolution`). A ``latent_mask`` there becomes the pipeline's (else ``nearest``, as released).
         """
         from .models import load_official_components, official_variant
 
@@ -285,7 +310,7 @@ class OOTDPipeline(DiffusionPipeline):
         comps = load_official_components(path_or_repo, variant, clip_model=clip_model, torch_dtype=torch_dtype,
                                          final_sigmas_type=final_sigmas_type)
         return cls(**comps, height=height or saved.get("height"), width=width or saved.get("width"),
-                   model_type=variant)
+                   model_type=variant, latent_mask=saved.get("latent_mask", "nearest"))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, model_type: str | None = None,
@@ -421,7 +446,8 @@ class OOTDPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, person, garment, mask, category="upper_body", num_inference_steps: int = 20,
                  image_guidance_scale: float = 2.0, num_images_per_prompt: int = 1, generator=None,
-                 output_type: str = "pil", return_dict: bool = True, paste_back: bool = False):
+                 output_type: str = "pil", return_dict: bool = True, paste_back: bool = False,
+                 latent_mask: str | None = None):
         """Try ``garment`` on ``person`` inside ``mask``.
 
         Args:
@@ -436,6 +462,9 @@ class OOTDPipeline(DiffusionPipeline):
             output_type: ``pil`` | ``np`` (B,H,W,3 in [0,1]) | ``pt`` (B,3,H,W in [0,1]) | ``latent``.
             paste_back: blend the result into the original person with a feathered mask (:func:`feathered_paste`), so
                 pixels outside the mask are exactly the input's; off by default, as released.
+            latent_mask: how the mask reaches the latent grid for repaint (:func:`mask_to_latents`): ``nearest`` as
+                released, or ``any`` (a latent cell is repainted when any of its pixels is masked; for thin masks).
+                None: ``config.latent_mask`` (``nearest`` unless the checkpoint's ``model_index.json`` says otherwise).
         Returns:
             ``ImagePipelineOutput`` with ``.images`` (or a tuple ``(images,)`` when ``return_dict=False``).
         """
@@ -446,6 +475,8 @@ class OOTDPipeline(DiffusionPipeline):
                              f"{num_images_per_prompt} must be at least 1")
         if image_guidance_scale < 0:
             raise InputError(f"image_guidance_scale={image_guidance_scale} must be >= 0 (1 = no guidance)")
+        latent_mask = latent_mask or self.config.latent_mask
+        check_latent_mask(latent_mask)
         device, dtype = self._execution_device, self.unet_vton.dtype
 
         # 1. inputs and conditioning (per pair), then one row per output image
@@ -459,7 +490,7 @@ class OOTDPipeline(DiffusionPipeline):
         conds = self.encode_conditions(person, garment, mask, categories, device, dtype)
         prompt, garment_latents, person_latents, original = (t.repeat_interleave(num_images_per_prompt, 0)
                                                              for t in conds)
-        m = F.interpolate(mask, size=original.shape[-2:], mode="nearest").to(device, dtype)
+        m = mask_to_latents(mask, original.shape[-2:], latent_mask).to(device, dtype)
         m = m.repeat_interleave(num_images_per_prompt, 0)
 
         # 2. the garment UNet, once: [zero garment, garment] for guidance
@@ -514,7 +545,8 @@ class OOTDPipeline(DiffusionPipeline):
 
 def exported_config(path_or_repo) -> dict:
     """``height`` / ``width`` / ``model_type`` that training's export wrote into a local released-layout folder's
-    ``model_index.json``; ``{}`` for the released weights (their index has none) and hub repo ids."""
+    ``model_index.json`` (and ``latent_mask``, which the toy checkpoint's assembly writes); ``{}`` for the released
+    weights (their index has none) and hub repo ids."""
     import json
 
     local = Path(str(path_or_repo)).expanduser()
@@ -522,7 +554,7 @@ def exported_config(path_or_repo) -> dict:
         index_path = folder / "model_index.json"
         if index_path.is_file():
             index = json.loads(index_path.read_text())
-            return {k: index[k] for k in ("height", "width", "model_type") if index.get(k) is not None}
+            return {k: index[k] for k in ("height", "width", "model_type", "latent_mask") if index.get(k) is not None}
     return {}
 
 

@@ -1,5 +1,7 @@
 """OOTDPipeline on tiny random models: equals an independent sampling loop, round-trips, offloads, validates inputs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -239,6 +241,15 @@ def test_from_official_layout_and_dc_prompt(tmp_path):
     dc.set_progress_bar_config(disable=True)
     upper, dress = run(dc, person, garment, mask), run(dc, person, garment, mask, category="dresses")
     assert (upper - dress).abs().max() > 1e-4  # the dc prompt carries the category word
+    assert hd.config.latent_mask == "nearest"  # the released index names none: as released
+    index = tmp_path / "ootd" / "checkpoints" / "ootd" / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "latent_mask": "any"}))
+    any_ = OOTDPipeline.from_official(tmp_path / "ootd", variant="dc", height=H, width=W)
+    any_.set_progress_bar_config(disable=True)
+    assert any_.config.latent_mask == "any"  # a folder's own choice becomes the pipeline's default ...
+    torch.testing.assert_close(run(any_, person, garment, mask), run(dc, person, garment, mask, latent_mask="any"),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(run(any_, person, garment, mask, latent_mask="nearest"), upper, rtol=0, atol=0)
 
 
 def test_model_cpu_offload_equals_plain_call(tmp_path):
@@ -345,8 +356,8 @@ def test_default_resolution_follows_the_vae():
 
 
 def test_cli_tryon_dc_variant_with_paste_back(tmp_path, monkeypatch):
-    """`ootd tryon --variant dc --paste-back` reaches the shipped dc model with paste_back on, and the written result
-    keeps the person's own pixels far outside the mask."""
+    """`ootd tryon --variant dc --paste-back --latent-mask any` reaches the shipped dc model with both options, and the
+    written result keeps the person's own pixels far outside the mask."""
     from pathlib import Path
 
     from ootd_lib.data import find_annotations
@@ -358,14 +369,16 @@ def test_cli_tryon_dc_variant_with_paste_back(tmp_path, monkeypatch):
     call = OOTDPipeline.__call__
 
     def spy(self, *args, **kwargs):
-        seen.update(model_type=self.config.model_type, paste_back=kwargs.get("paste_back"))
+        seen.update(model_type=self.config.model_type, paste_back=kwargs.get("paste_back"),
+                    latent_mask=kwargs.get("latent_mask"))
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(OOTDPipeline, "__call__", spy)
     out = tmp_path / "r.png"
     assert cli_main(["tryon", "--person", str(person), "--garment", str(garment), "--category", "dresses",
-                     "--variant", "dc", "--paste-back", "--steps", "2", "--out", str(out)]) == 0
-    assert seen == {"model_type": "dc", "paste_back": True}
+                     "--variant", "dc", "--paste-back", "--latent-mask", "any", "--steps", "2", "--out",
+                     str(out)]) == 0
+    assert seen == {"model_type": "dc", "paste_back": True, "latent_mask": "any"}
     result = np.asarray(Image.open(out).convert("RGB"), np.float32)
     h, w = result.shape[:2]
     ann = find_annotations(person, size=(h, w))
@@ -373,3 +386,36 @@ def test_cli_tryon_dc_variant_with_paste_back(tmp_path, monkeypatch):
     far = F.max_pool2d(mask, 9, stride=1, padding=4)[0, 0].numpy() == 0
     original = np.asarray(Image.open(person).convert("RGB").resize((w, h), Image.BILINEAR), np.float32)
     assert np.abs(result[far] - original[far]).mean() < 2.0  # the person's pixels (uint8 rounding, resampling)
+
+
+# --- the latent repaint mask -----------------------------------------------------------------------------------------
+def test_mask_to_latents_nearest_can_miss_a_thin_mask_and_any_keeps_it():
+    from ootd_lib.pipeline import mask_to_latents
+
+    mask = torch.zeros(1, 1, 32, 24)
+    mask[..., 8:24, 1:4] = 1  # a 3-pixel-wide leg that lies between nearest's sampling points (columns 0, 8, 16)
+    nearest, any_ = mask_to_latents(mask, (4, 3)), mask_to_latents(mask, (4, 3), "any")
+    assert nearest.sum() == 0  # released: the leg is never repainted
+    expected = torch.zeros(1, 1, 4, 3)
+    expected[..., 1:3, 0] = 1  # every cell that holds a masked pixel, and no other
+    assert torch.equal(any_, expected)
+    wide = torch.zeros(1, 1, 32, 24)
+    wide[..., 5:30, 3:20] = 1
+    assert (mask_to_latents(wide, (4, 3), "any") >= mask_to_latents(wide, (4, 3))).all()  # any ⊇ nearest
+    with pytest.raises(InputError, match="latent_mask='max'.*nearest"):
+        mask_to_latents(mask, (4, 3), "max")
+
+
+def test_latent_mask_any_repaints_a_thin_mask_that_nearest_pastes_over(pipe):
+    person, garment, _ = make_inputs()
+    mask = torch.zeros(1, 1, H, W)
+    mask[..., 16:48, 1:5] = 1  # thinner than a latent cell, away from nearest's sampling points
+    original = cond.encode_repaint_target(pipe.vae, person)
+    kept = run(pipe, person, garment, mask, output_type="latent")
+    assert torch.allclose(kept, original, atol=1e-6)  # as released: the original latents everywhere
+    repainted = run(pipe, person, garment, mask, output_type="latent", latent_mask="any")
+    cells = F.adaptive_max_pool2d(mask, original.shape[-2:])[0, 0] > 0
+    assert torch.allclose(repainted[..., ~cells], original[..., ~cells], atol=1e-6)
+    assert (repainted[..., cells] - original[..., cells]).abs().mean() > 0.05  # sampled there, not pasted
+    with pytest.raises(InputError, match="latent_mask"):
+        run(pipe, person, garment, mask, latent_mask="soft")
