@@ -1,12 +1,14 @@
 """Measure the shipped toy checkpoint and write assets/toy_eval.json (read by tests/test_toy_checkpoint.py).
 
-    python assets/make_toy_eval.py            # both variants (~10 min per variant, 1 thread)
+    python assets/make_toy_eval.py            # both variants (~15 min per variant, 1 thread)
     python assets/make_toy_eval.py dc         # one variant: updates its entry, keeps the other
 
 Both variants on 64 held-out unpaired pairs per category (20 UniPC steps, guidance 2.0, seed 0): the trained UNets and
 the same architecture untrained (same VAE and encoders), each with the same model given another test garment as the
-baseline that costs no training. Every number comes from ``ootd evaluate`` (``ootd_lib.evaluation``); the file also
-records a digest of the UNet weights it was measured on, so a retrained checkpoint must be measured again.
+baseline that costs no training; then the trained model once more with the released latent mask (``nearest``), beside
+the checkpoint's own (``any``, recorded in its ``model_index.json``). Every number comes from ``ootd evaluate``
+(``ootd_lib.evaluation``); the file also records a digest of the UNet weights it was measured on, so a retrained
+checkpoint must be measured again.
 """
 
 import hashlib
@@ -38,10 +40,12 @@ def main(variants=tuple(DATA), out=ASSETS / "toy_eval.json", limit: int = 64):
         layout, n_train = DATA[variant]
         root = toy_dataset(f"data/toy_{layout}", layout=layout, n_train=n_train, n_test=64, seed=0, progress=False)
         result[variant] = {"unet_sha256": unet_digest(variant), "data": f"{root} (test split, unpaired)"}
-        for name, untrained in (("trained", False), ("untrained", True)):
+        runs = (("trained", False, None), ("untrained", True, None), ("trained_nearest", False, "nearest"))
+        for name, untrained, latent_mask in runs:
             summary = evaluate_from_cli(data=root, layout=layout, variant=variant, untrained=untrained, limit=limit,
-                                        out=f"runs/toy_eval_{variant}_{name}.json")
+                                        out=f"runs/toy_eval_{variant}_{name}.json", latent_mask=latent_mask)
             result[variant][name] = summary["toy"]
+            result[variant].setdefault("latent_mask", summary["latent_mask"])  # the checkpoint's own
     if Path(out).is_file():  # keep the other variant's entry (read now: it may have been written meanwhile)
         result = {**json.loads(Path(out).read_text()), **result}
     result = {v: result[v] for v in DATA if v in result}

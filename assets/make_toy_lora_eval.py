@@ -1,10 +1,11 @@
 """Measure the toy LoRA demonstration and write assets/toy_lora_eval.json (read by notebook 06 and its test).
 
-    python assets/make_toy_lora_eval.py        # ~10 min on 1 thread
+    python assets/make_toy_lora_eval.py        # ~14 min on 1 thread
 
 The shipped hd toy checkpoint learns plaid (a garment family it never saw, ``toy_patterns: [plaid]``) two ways:
-the adapter ``assets/toy_lora_plaid`` (``ootd train --config configs/toy_lora_plaid.yaml``) and full fine-tuning
-(``configs/toy_full_plaid.yaml``, exported to runs/toy_full_plaid/pipeline). Each model is measured on the 64
+the adapter ``assets/toy_lora_plaid`` (1 000 steps: ``ootd train --config configs/toy_lora_plaid.yaml``), the same
+recipe for 3 000 steps (``configs/toy_lora_plaid_long.yaml``, runs/toy_lora_plaid_long/lora) and full fine-tuning for
+1 000 steps (``configs/toy_full_plaid.yaml``, exported to runs/toy_full_plaid/pipeline). Each model is measured on the 64
 unpaired plaid test pairs and on the ordinary hd test pairs (what it may have forgotten), 20 UniPC steps, s = 2,
 seed 0, with ``evaluation.evaluate_toy``: garment identification (K = 16 candidates of the same family) and pattern
 identification (the right garment drawn in each of the six families).
@@ -20,12 +21,15 @@ import torch
 from ootd_lib.config import TOY_CHECKPOINT, Config
 from ootd_lib.data import MaskedTryOnDataset, VitonHDDataset
 from ootd_lib.evaluation import evaluate_toy
-from ootd_lib.pipeline import OOTDPipeline, load_toy_pipeline
+from ootd_lib.models import load_unets
+from ootd_lib.pipeline import load_toy_pipeline
 from ootd_lib.toydata import toy_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 ADAPTER = ROOT / "assets" / "toy_lora_plaid"
+LONG = ROOT / "runs" / "toy_lora_plaid_long" / "lora"
 FULL = ROOT / "runs" / "toy_full_plaid" / "pipeline"
+RUNS = {"lora": "toy_lora_plaid", "lora_3000": "toy_lora_plaid_long", "full": "toy_full_plaid"}  # their timing.json
 KEYS = ("identification", "pattern_identification", "colour_error", "masked_error", "vae_floor", "chance",
         "pattern_chance")
 
@@ -68,13 +72,17 @@ def main(limit: int = 64):
     print("LoRA")
     result["models"]["lora"] = {"plaid": measure(pipe, plaid, limit), "ordinary": measure(pipe, ordinary, limit)}
     pipe.unload_lora()
-    if FULL.is_dir():
-        full = OOTDPipeline.from_official(FULL, variant="hd")
-        full.set_progress_bar_config(disable=True)
+    if LONG.is_dir():
+        pipe.load_lora(LONG)
+        print("LoRA, 3 000 steps")
+        result["models"]["lora_3000"] = {"plaid": measure(pipe, plaid, limit), "ordinary": measure(pipe, ordinary, limit)}
+        pipe.unload_lora()
+    if FULL.is_dir():  # its UNets in the shipped pipeline: the same VAE decoder and latent mask as the others
+        pipe.register_modules(**load_unets(FULL, "hd", like=(pipe.unet_garm, pipe.unet_vton)))
         print("full fine-tuning")
-        result["models"]["full"] = {"plaid": measure(full, plaid, limit), "ordinary": measure(full, ordinary, limit)}
-    for name in ("lora", "full"):
-        timing = ROOT / "runs" / f"toy_{name}_plaid" / "timing.json"
+        result["models"]["full"] = {"plaid": measure(pipe, plaid, limit), "ordinary": measure(pipe, ordinary, limit)}
+    for name, run in RUNS.items():
+        timing = ROOT / "runs" / run / "timing.json"
         if timing.is_file():
             result.setdefault("timing", {})[name] = json.loads(timing.read_text())
     out = ROOT / "assets" / "toy_lora_eval.json"

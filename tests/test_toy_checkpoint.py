@@ -47,6 +47,7 @@ def test_both_variants_are_small_safetensors_sharing_one_vae_and_encoders():
     hd, dc = load_toy_pipeline(variant="hd"), load_toy_pipeline(variant="dc")
     assert (hd.config.model_type, dc.config.model_type) == ("hd", "dc")
     assert (hd.config.height, hd.config.width) == (dc.config.height, dc.config.width) == (128, 96)
+    assert hd.config.latent_mask == dc.config.latent_mask == "any"  # thin toy masks reach the 16×12 latents
     assert type(hd.vae).__name__ == "AutoencoderTiny" and hd.vae.config.scaling_factor != 1.0  # from the latent std
     assert not torch.equal(hd.unet_vton.conv_in.weight, dc.unet_vton.conv_in.weight)
     assert isinstance(OOTDPipeline.from_pretrained(TOY_CHECKPOINT), OOTDPipeline)  # the released layout, detected
@@ -65,8 +66,8 @@ def vae_results(held_out):
 
 def test_the_shipped_vae_reconstructs_held_out_toy_images(held_out):
     """Held-out images at 128×96 (16 per category here; assets/README.md has 64): the issue's pixel-MAE target
-    (≤ 0.04) is met; the garment mean-colour error (0.013–0.018 on 64), the masked-region floor (0.029–0.037) and the
-    garment's full-resolution pixel error (0.066–0.084: the pattern is blurred) are guarded at their measured levels;
+    (≤ 0.04) is met; the garment mean-colour error (0.012–0.016 on 64), the masked-region floor (0.026–0.035) and the
+    garment's full-resolution pixel error (0.064–0.082: the pattern is blurred) are guarded at their measured levels;
     the colour and floor targets (≤ 0.015, ≤ 0.03) are the xfail below."""
     for category, m in vae_results(held_out):
         assert m["pixel_mae"] <= 0.04, (category, m)
@@ -74,9 +75,9 @@ def test_the_shipped_vae_reconstructs_held_out_toy_images(held_out):
         assert m["garment_pixel_error"] <= 0.10, (category, m)
 
 
-@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): colour error up to 0.018 (lower_body) and masked "
-                   "floor up to 0.037 on held-out images; the targets need a longer or larger toy VAE. When this "
-                   "passes, fold it above.")
+@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): colour error up to 0.016 (lower_body) and masked "
+                   "floor 0.030 (upper_body) and 0.035 (lower_body) on held-out images; the targets need a larger "
+                   "toy VAE. When this passes, fold it above.")
 def test_the_shipped_vae_meets_the_colour_and_floor_targets(held_out):
     assert all(m["colour_error"] <= 0.015 and m["masked_floor"] <= 0.03 for _, m in vae_results(held_out))
 
@@ -88,6 +89,7 @@ def recorded():
     ev = json.loads((ASSETS / "toy_eval.json").read_text())
     for variant, categories in VARIANTS:
         assert ev[variant]["unet_sha256"] == unet_digest(variant), f"{variant}: re-run assets/make_toy_eval.py"
+        assert ev[variant]["latent_mask"] == "any"  # measured as the checkpoint samples (its model_index.json)
         for cat in categories:
             r = ev[variant]["trained"][cat]
             assert r["n"] == 64 and r["k"] == 16 and r["steps"] == 20 and r["scale"] == 2.0
@@ -97,20 +99,44 @@ def recorded():
 def test_recorded_evaluation_belongs_to_the_shipped_weights_and_shows_garment_transfer():
     """toy_eval.json was measured on the shipped UNets, and no regression below what they reached: every model
     identifies the garment far above chance (1/16) and far above its untrained self, its colour follows the garment
-    it is given (untrained: 1.0×; hd meets the issue's 4× target), and the untrained model is at chance. The issue's
-    remaining targets are the xfail below."""
-    floors = {("hd", "upper_body"): 0.78, ("dc", "upper_body"): 0.65, ("dc", "lower_body"): 0.35,
-              ("dc", "dresses"): 0.65}  # measured: 83 %, 73 %, 42 %, 75 %
+    it is given (untrained: 1.0×), and the untrained model is at chance. The issue's remaining targets are the xfail
+    below."""
+    floors = {("hd", "upper_body"): 0.80, ("dc", "upper_body"): 0.75, ("dc", "lower_body"): 0.50,
+              ("dc", "dresses"): 0.65}  # measured: 86 %, 84 %, 59 %, 75 %
     for variant, cat, r, untrained in recorded():
         assert r["identification"] >= floors[variant, cat], (variant, cat, r)
         assert untrained["identification"] < 0.2 and abs(untrained["colour_ratio"] - 1) < 0.05, (variant, cat)
-        assert r["colour_ratio"] >= (4.0 if variant == "hd" else 1.7), (variant, cat, r)  # measured 5.1×; 1.9–3.4×
-        assert r["masked_error"] <= 3.5 * r["vae_floor"], (variant, cat, r)
+        assert r["colour_ratio"] >= (2.5 if cat == "lower_body" else 4.0), (variant, cat, r)  # measured 3.0×; 5.1–5.6×
+        assert r["masked_error"] <= 3.0 * r["vae_floor"], (variant, cat, r)  # measured 2.3–2.8×
 
 
-@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): hd identifies 83 % (target 85 %), dc 42-75 % "
-                   "(target 80 %); dc colour ratio 1.9-3.4x (target 4x); masked error 2.2-3.2x the VAE floor "
-                   "(target 2x)")
+def test_the_targets_met_so_far_stay_met():
+    """The issue's targets that the shipped checkpoint meets: hd identifies ≥ 85 % (86 %) and dc upper_body ≥ 80 %
+    (84 %); the colour error is ≥ 4× lower than given another garment for hd (5.4×), dc upper_body (5.1×) and dc
+    dresses (5.6×)."""
+    met = {(v, c): r for v, c, r, _ in recorded()}
+    assert met["hd", "upper_body"]["identification"] >= 0.85 and met["dc", "upper_body"]["identification"] >= 0.80
+    for key in (("hd", "upper_body"), ("dc", "upper_body"), ("dc", "dresses")):
+        assert met[key]["colour_error_other"] >= 4 * met[key]["colour_error"], key
+
+
+def test_latent_mask_any_is_why_the_toy_checkpoint_records_it():
+    """assets/toy_eval.json also measures the trained models with the released ``nearest`` latent mask: ``any``
+    (recorded in the checkpoint's model_index.json) identifies more garments in every category, 44 % → 59 % on
+    lower_body, and lowers the colour error there."""
+    ev = json.loads((ASSETS / "toy_eval.json").read_text())
+    for variant, categories in VARIANTS:
+        for cat in categories:
+            own, nearest = ev[variant]["trained"][cat], ev[variant]["trained_nearest"][cat]
+            assert own["identification"] >= nearest["identification"], (variant, cat)
+    lower, lower_nearest = ev["dc"]["trained"]["lower_body"], ev["dc"]["trained_nearest"]["lower_body"]
+    assert lower["identification"] >= lower_nearest["identification"] + 6 / 64  # measured: +10 pairs
+    assert lower["colour_error"] < lower_nearest["colour_error"]
+
+
+@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): dc identifies 59 % of lower_body and 75 % of dresses "
+                   "garments (target 80 %); the dc lower_body colour ratio is 3.0x (target 4x); masked error is "
+                   "2.3-2.8x the VAE floor (target 2x)")
 def test_recorded_evaluation_meets_the_issue_targets():
     for variant, cat, r, _ in recorded():
         assert r["identification"] >= (0.85 if variant == "hd" else 0.80), (variant, cat, r)
