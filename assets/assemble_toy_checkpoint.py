@@ -5,8 +5,9 @@ shared VAE and one set of encoders, as the release has.
         --vae runs/toy_vae_decoder2/vae
 
 ``--hd`` / ``--dc``: exported training runs (``<output_dir>/pipeline``); ``--vae``: the VAE to ship (a decoder trained
-further by ``configs/toy_vae_decoder.yaml``). Refused unless the pieces fit together: both runs share their frozen
-encoders, and the VAE's encoder and latent scale are the ones both were trained on (only its decoder may differ).
+further by ``configs/toy_vae_decoder.yaml`` and ``configs/toy_vae_decoder2.yaml``). Refused unless the pieces fit
+together: both runs share their frozen encoders, and the VAE's encoder and latent scale are the ones both were trained
+on (only its decoder may differ).
 ``model_index.json`` records ``latent_mask: any`` (``--latent-mask``): at 128×96 a latent cell is 8 pixels, as wide as
 a toy trouser leg, and the released ``nearest`` downsampling drops such parts of the mask, so repaint pastes the
 person's own trousers back (assets/README.md, "The latent repaint mask"). The folder is written beside the old one and
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ootd_lib.config import LATENT_MASKS
 from ootd_lib.errors import WeightsError
 from ootd_lib.models import _swap_in, add_variant, load_official_components, load_vae
 
@@ -58,6 +60,6 @@ if __name__ == "__main__":
     p.add_argument("--hd", type=Path, required=True)
     p.add_argument("--dc", type=Path, required=True)
     p.add_argument("--vae", type=Path, required=True)
-    p.add_argument("--latent-mask", choices=["nearest", "any"], default="any")
+    p.add_argument("--latent-mask", choices=LATENT_MASKS, default="any")
     args = p.parse_args()
     main(args.hd, args.dc, args.vae, latent_mask=args.latent_mask)

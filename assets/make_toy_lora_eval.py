@@ -8,7 +8,8 @@ recipe for 3 000 steps (``configs/toy_lora_plaid_long.yaml``, runs/toy_lora_plai
 1 000 steps (``configs/toy_full_plaid.yaml``, exported to runs/toy_full_plaid/pipeline). Each model is measured on the 64
 unpaired plaid test pairs and on the ordinary hd test pairs (what it may have forgotten), 20 UniPC steps, s = 2,
 seed 0, with ``evaluation.evaluate_toy``: garment identification (K = 16 candidates of the same family) and pattern
-identification (the right garment drawn in each of the six families).
+identification (the right garment drawn in each of the six families). The ceiling beside them: the same two
+identifications of the exact ground truth after a VAE round trip (every result is decoded by that VAE).
 """
 
 import hashlib
@@ -20,8 +21,8 @@ import torch
 
 from ootd_lib.config import TOY_CHECKPOINT, Config
 from ootd_lib.data import MaskedTryOnDataset, VitonHDDataset
-from ootd_lib.evaluation import evaluate_toy
-from ootd_lib.models import load_unets
+from ootd_lib.evaluation import _identified, candidate_tensors, evaluate_toy, pattern_tensors, to_unit, vae_round_trip
+from ootd_lib.models import load_unets, weights_digest
 from ootd_lib.pipeline import load_toy_pipeline
 from ootd_lib.toydata import toy_dataset
 
@@ -54,6 +55,19 @@ def measure(pipe, root: Path, limit: int) -> dict:
     return {k: round(res[k], 4) for k in ("n",) + KEYS}
 
 
+def ceiling(vae, root: Path, limit: int) -> dict:
+    """Both identifications of the round-tripped ground truth: what a perfect UNet could reach through ``vae``."""
+    info = json.loads((root / "toy_info.json").read_text())
+    data = MaskedTryOnDataset(VitonHDDataset(root, "test", "unpaired", size=(128, 96)), "hd")
+    items = [data[i] for i in range(min(limit, len(data)))]
+    decoded = to_unit(vae_round_trip(vae, torch.stack([it["target"] for it in items])))
+    size = tuple(decoded.shape[-2:])
+    garment = _identified(decoded, items, candidate_tensors(items, info, size, 16, 0)).float().mean()
+    pattern = _identified(decoded, items, pattern_tensors(items, info, size)).float().mean()
+    return {"n": len(items), "identification": round(float(garment), 4),
+            "pattern_identification": round(float(pattern), 4)}
+
+
 def main(limit: int = 64):
     torch.set_num_threads(1)  # one thread: two OpenMP threads slow down 10x whenever anything else runs
     lora_cfg = Config.from_yaml(ROOT / "configs" / "toy_lora_plaid.yaml")
@@ -62,10 +76,12 @@ def main(limit: int = 64):
     ordinary = toy_dataset(ROOT / "data" / "toy_vitonhd", layout="vitonhd", n_train=1024, n_test=64, seed=0,
                            progress=False)
     unets = TOY_CHECKPOINT / "checkpoints" / "ootd" / "ootd_hd"
-    result = {"base_unet_sha256": digest(unets), "adapter_sha256": digest(ADAPTER),
+    result = {"base_sha256": weights_digest(TOY_CHECKPOINT, "hd"), "adapter_sha256": digest(ADAPTER),
               "sizes_bytes": {"unets": folder_size(unets), "adapter": folder_size(ADAPTER)}, "models": {}}
     pipe = load_toy_pipeline(variant="hd")
     pipe.set_progress_bar_config(disable=True)
+    result["vae_ceiling"] = {"plaid": ceiling(pipe.vae, plaid, limit), "ordinary": ceiling(pipe.vae, ordinary, limit)}
+    print("VAE ceiling", result["vae_ceiling"])
     print("base")
     result["models"]["base"] = {"plaid": measure(pipe, plaid, limit), "ordinary": measure(pipe, ordinary, limit)}
     pipe.load_lora(ADAPTER)
@@ -75,7 +91,8 @@ def main(limit: int = 64):
     if LONG.is_dir():
         pipe.load_lora(LONG)
         print("LoRA, 3 000 steps")
-        result["models"]["lora_3000"] = {"plaid": measure(pipe, plaid, limit), "ordinary": measure(pipe, ordinary, limit)}
+        result["models"]["lora_3000"] = {"plaid": measure(pipe, plaid, limit),
+                                         "ordinary": measure(pipe, ordinary, limit)}
         pipe.unload_lora()
     if FULL.is_dir():  # its UNets in the shipped pipeline: the same VAE decoder and latent mask as the others
         pipe.register_modules(**load_unets(FULL, "hd", like=(pipe.unet_garm, pipe.unet_vton)))

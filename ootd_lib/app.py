@@ -147,7 +147,8 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
     On a toy wardrobe (its ``toy_info.json`` beside the data) with unpaired pairs, the toy try-on metrics of
     :func:`~ootd_lib.evaluation.evaluate_toy` are measured per category too. ``untrained``: the same VAE and encoders
     with freshly initialised UNets (the reference a trained model is compared with). ``lora``: an adapter folder
-    loaded at ``lora_scale`` (as ``ootd tryon --lora``). ``latent_mask``: the repaint-mask mode (None: the model's own)."""
+    loaded at ``lora_scale`` (as ``ootd tryon --lora``). ``latent_mask``: the repaint-mask mode (None: the model's
+    own)."""
     from .data import DressCodeDataset, MaskedTryOnDataset, VitonHDDataset
     from .evaluation import evaluate, evaluate_toy, format_metrics
     from .pipeline import check_latent_mask, load_pipeline, pick_device
@@ -173,6 +174,7 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
         pipe.register_modules(unet_garm=fresh["unet_garm"], unet_vton=fresh["unet_vton"])
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
+    latent_mask = pipe.config.latent_mask if latent_mask is None else latent_mask  # the model's own unless told
     size = (pipe.config.height, pipe.config.width)
     info_path = Path(data) / "toy_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else None
@@ -181,7 +183,7 @@ def evaluate_from_cli(model=None, data=None, layout="vitonhd", pairing="unpaired
     summary = dict(model=str(model or TOY_CHECKPOINT), variant=variant, untrained=untrained,
                    lora=str(lora) if lora else None, lora_scale=lora_scale if lora else None, data=str(data),
                    layout=layout, pairing=pairing, steps=steps, scale=scale, seed=seed,
-                   latent_mask=latent_mask or pipe.config.latent_mask)
+                   latent_mask=latent_mask)
     if info is not None and pairing == "unpaired":
         summary["toy"] = {}
         for cat in categories:

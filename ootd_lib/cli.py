@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .config import LATENT_MASKS
 from .errors import OOTDError, OOTDWarning
 
 
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora-scale", type=float, default=1.0, help="scale of the adapter's updates (0 = the base model)")
     s.add_argument("--paste-back", action="store_true",
                    help="blend the result into the original photo outside the mask (feathered); off = as released")
-    s.add_argument("--latent-mask", choices=["nearest", "any"], default=None,
+    s.add_argument("--latent-mask", choices=LATENT_MASKS, default=None,
                    help="how the mask reaches the latents for repaint: nearest (as released) or any (a latent cell is "
                         "repainted when any of its pixels is masked: for masks thinner than 8 pixels); default: what "
                         "the model folder says (the toy checkpoint: any), else nearest")
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same model with freshly initialised UNets (the untrained reference)")
     s.add_argument("--lora", type=Path, default=None, help="LoRA adapter folder to load into the model (its base)")
     s.add_argument("--lora-scale", type=float, default=1.0, help="scale of the adapter's updates (0 = the base model)")
-    s.add_argument("--latent-mask", choices=["nearest", "any"], default=None,
+    s.add_argument("--latent-mask", choices=LATENT_MASKS, default=None,
                    help="repaint-mask mode, as for `ootd tryon` (default: the model's)")
     s.add_argument("--device", default=None)
     s.add_argument("--out", type=Path, default=Path("results.json"))

@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 PROFILES = ("toy", "sd15", "official")
 MODEL_TYPES = ("hd", "dc")
+LATENT_MASKS = ("nearest", "any")  # how repaint brings the mask to the latent grid (pipeline.mask_to_latents)
 LOSS_WEIGHTINGS = ("none", "truncated_snr")
 CATEGORIES = ("upper_body", "lower_body", "dresses")
 LAYOUTS = ("vitonhd", "dresscode")

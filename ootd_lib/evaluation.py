@@ -223,7 +223,8 @@ def evaluate_toy(pipe, dataset, info: dict, steps: int = 20, scale: float = 2.0,
     ``pattern_identification`` (:func:`identify_patterns`) and its ``pattern_chance``, SSIM and PSNR;
     with ``baseline`` also the same model given another test garment (``*_other``) and ``colour_ratio`` (other / own:
     how much the garment it was given decides the colour). ``keep_images`` adds ``images`` (N,3,H,W in [0, 1]) and
-    ``per_image`` values. Sample ``i`` uses seed ``seed + i``."""
+    ``per_image`` values. Sample ``i`` uses seed ``seed + i``. ``latent_mask``: the pipeline's repaint-mask mode (None:
+    its own)."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
     items = [dataset[i] for i in range(n)]  # loaded once: both runs and every metric read them
     truth = to_unit(torch.stack([it["target"] for it in items]))
@@ -336,7 +337,7 @@ def evaluate(pipe, dataset, steps: int = 20, scale: float = 2.0, seed: int = 0, 
 
     Returns ``{"n", "metrics": {name: mean}, "skipped": {name: reason}, "per_image": {...}}`` (+ ``"images"``, the
     generated (N,3,H,W) [0,1] tensor, when ``keep_images``). Sample ``i`` is generated with seed ``seed + i``, so
-    results do not depend on the batch size.
+    results do not depend on the batch size. ``latent_mask`` is passed to the pipeline (None: its own).
     """
     from tqdm.auto import tqdm
 

@@ -45,7 +45,7 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from .conditioning import decode_latents, encode_latents, encode_prompt, encode_repaint_target
-from .config import CATEGORIES, MODEL_TYPES, TOY_CHECKPOINT
+from .config import CATEGORIES, LATENT_MASKS, MODEL_TYPES, TOY_CHECKPOINT
 from .data import LOAD_MAX_SIDE, image_to_tensor, load_mask, load_rgb, tensor_to_uint8, to_rgb
 from .errors import InputError, OOTDWarning, WeightsError
 from .fusion import OutfittingFusion, transformer_block_names
@@ -55,7 +55,8 @@ from .models import CLIPImageProcessor
 from .progress import progress_enabled
 
 __all__ = ["OOTDPipeline", "tryon", "load_toy_pipeline", "default_resolution", "prepare_images",
-           "prepare_masks", "repaint", "feathered_paste", "pick_device", "compute_mask", "load_pipeline"]
+           "prepare_masks", "repaint", "feathered_paste", "pick_device", "compute_mask", "load_pipeline",
+           "mask_to_latents", "check_latent_mask"]
 
 OFFICIAL_RESOLUTION = (1024, 768)  # (H, W) of both released models
 TOY_RESOLUTION = (128, 96)  # the toy profile
@@ -191,9 +192,6 @@ def prepare_masks(masks, sizes: Sequence[tuple[int, int]], size) -> torch.Tensor
     return torch.stack(out)
 
 
-LATENT_MASKS = ("nearest", "any")
-
-
 def mask_to_latents(mask, size, mode: str = "nearest") -> torch.Tensor:
     """The repaint mask (B,1,H,W) {0,1} at the latent grid ``size``.
 
@@ -208,6 +206,7 @@ def mask_to_latents(mask, size, mode: str = "nearest") -> torch.Tensor:
 
 
 def check_latent_mask(mode: str) -> None:
+    """An ``InputError`` naming the choices unless ``mode`` is one of :data:`~ootd_lib.config.LATENT_MASKS`."""
     if mode not in LATENT_MASKS:
         raise InputError(f"latent_mask={mode!r} must be one of {LATENT_MASKS} ('nearest' as released)")
 
@@ -295,14 +294,14 @@ class OOTDPipeline(DiffusionPipeline):
     @classmethod
     def from_official(cls, path_or_repo="levihsu/OOTDiffusion", variant: str | None = None, clip_model=None,
                       torch_dtype=None, final_sigmas_type: str = "sigma_min", height: int | None = None,
-                      width: int | None = None) -> "OOTDPipeline":
+                      width: int | None = None, latent_mask: str | None = None) -> "OOTDPipeline":
         """Released weights (or a trained checkpoint, same layout) from a local folder or a hub repo id.
 
         ``variant``: ``hd`` or ``dc``. Not given: the ``model_type`` that training's export writes into
         ``model_index.json``, else the only variant a local folder holds, else ``hd``. The resolution likewise comes
         from the exported ``height`` / ``width``; the released files record none, so then from the VAE
-        (:func:`default_resolution`). A ``latent_mask`` there becomes the pipeline's (else ``nearest``, as released).
-        """
+        (:func:`default_resolution`). ``latent_mask`` likewise: given, else the index's, else ``nearest`` (as
+        released)."""
         from .models import load_official_components, official_variant
 
         saved = exported_config(path_or_repo)
@@ -310,7 +309,7 @@ class OOTDPipeline(DiffusionPipeline):
         comps = load_official_components(path_or_repo, variant, clip_model=clip_model, torch_dtype=torch_dtype,
                                          final_sigmas_type=final_sigmas_type)
         return cls(**comps, height=height or saved.get("height"), width=width or saved.get("width"),
-                   model_type=variant, latent_mask=saved.get("latent_mask", "nearest"))
+                   model_type=variant, latent_mask=latent_mask or saved.get("latent_mask", "nearest"))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, model_type: str | None = None,
@@ -475,7 +474,7 @@ class OOTDPipeline(DiffusionPipeline):
                              f"{num_images_per_prompt} must be at least 1")
         if image_guidance_scale < 0:
             raise InputError(f"image_guidance_scale={image_guidance_scale} must be >= 0 (1 = no guidance)")
-        latent_mask = latent_mask or self.config.latent_mask
+        latent_mask = self.config.latent_mask if latent_mask is None else latent_mask
         check_latent_mask(latent_mask)
         device, dtype = self._execution_device, self.unet_vton.dtype
 

@@ -50,7 +50,8 @@ def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int
     opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     h, w = pool.shape[-2:]
     ch, cw = crop if crop else (h, w)
-    for step in tqdm(range(start, steps), desc="toy VAE", disable=not progress_enabled(progress), initial=start, total=steps):
+    bar = tqdm(range(start, steps), desc="toy VAE", disable=not progress_enabled(progress), initial=start, total=steps)
+    for step in bar:
         for group in opt.param_groups:  # cosine decay as a pure function of the step (nothing extra to checkpoint)
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)

@@ -512,7 +512,7 @@ def write_samples(cfg: Config, model, ema, comps: dict, step: int, sharded: bool
     for unet in unets:
         unet.eval()
     grid = sample_grid(dict(comps, unet_garm=unets[0], unet_vton=unets[1]), test, cfg.sample_pairs, 20, cfg.seed,
-                       cfg.model_type)
+                       cfg.model_type, latent_mask=run_latent_mask(cfg))
     for unet in unets:
         unet.train()
     if ema is not None:
@@ -553,8 +553,16 @@ def export_pipeline(cfg: Config, comps: dict, unets) -> Path:
                     final, variant=cfg.model_type)
     height, width = cfg.resolution
     _write_model_index(final / "checkpoints" / "ootd", type(comps["vae"]).__name__, height=height, width=width,
-                       model_type=cfg.model_type)
+                       model_type=cfg.model_type, latent_mask=run_latent_mask(cfg))
     return final
+
+
+def run_latent_mask(cfg: Config) -> str:
+    """How the run's model is sampled (``pipeline.mask_to_latents``): as the released-layout folder it started from
+    says (``init_unets``; the toy checkpoint: ``any``), else ``nearest`` as released. A fine-tuned toy model keeps it."""
+    from .pipeline import exported_config
+
+    return exported_config(cfg.init_unets).get("latent_mask", "nearest") if cfg.init_unets else "nearest"
 
 
 def export_lora(cfg: Config, model, base: dict) -> Path:

@@ -177,14 +177,16 @@ def plot_loss(csv_path, png_path, smooth: int = 20):
 
 
 @torch.no_grad()
-def sample_grid(comps: dict, dataset, n: int, steps: int, seed: int, model_type: str) -> Image.Image:
-    """Rows of person | garment | mask | result for the first ``n`` items (a quick look at training progress)."""
+def sample_grid(comps: dict, dataset, n: int, steps: int, seed: int, model_type: str,
+                latent_mask: str = "nearest") -> Image.Image:
+    """Rows of person | garment | mask | result for the first ``n`` items (a quick look at training progress), sampled
+    with the run's ``latent_mask``."""
     from .data import tensor_to_uint8
     from .pipeline import OOTDPipeline
 
     pipe = OOTDPipeline(**{k: comps[k] for k in ("vae", "text_encoder", "tokenizer", "image_encoder",
                                                   "feature_extractor", "unet_garm", "unet_vton", "scheduler")},
-                        model_type=model_type)
+                        model_type=model_type, latent_mask=latent_mask)
     pipe.set_progress_bar_config(disable=True)
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     persons = torch.stack([it["person"] for it in items])

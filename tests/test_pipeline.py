@@ -225,6 +225,13 @@ def test_save_pretrained_round_trip(pipe, tmp_path):
     torch.testing.assert_close(run(loaded, person, garment, mask), run(pipe, person, garment, mask), rtol=0, atol=1e-4)
     with pytest.raises(WeightsError, match="model_index.json"):
         OOTDPipeline.from_pretrained(tmp_path)
+    # the latent mask travels with the folder; a folder written before it existed loads as released
+    assert loaded.config.latent_mask == "nearest"
+    index = tmp_path / "pipe" / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "latent_mask": "any"}))
+    assert OOTDPipeline.from_pretrained(tmp_path / "pipe").config.latent_mask == "any"
+    index.write_text(json.dumps({k: v for k, v in json.loads(index.read_text()).items() if k != "latent_mask"}))
+    assert OOTDPipeline.from_pretrained(tmp_path / "pipe").config.latent_mask == "nearest"
 
 
 def test_from_official_layout_and_dc_prompt(tmp_path):
@@ -250,6 +257,8 @@ def test_from_official_layout_and_dc_prompt(tmp_path):
     torch.testing.assert_close(run(any_, person, garment, mask), run(dc, person, garment, mask, latent_mask="any"),
                                rtol=0, atol=0)
     torch.testing.assert_close(run(any_, person, garment, mask, latent_mask="nearest"), upper, rtol=0, atol=0)
+    released = OOTDPipeline.from_pretrained(tmp_path / "ootd", model_type="dc", latent_mask="nearest")
+    assert released.config.latent_mask == "nearest"  # ... and a caller's choice overrides the folder's
 
 
 def test_model_cpu_offload_equals_plain_call(tmp_path):

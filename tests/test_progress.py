@@ -78,7 +78,7 @@ def test_ootd_lib_bars_obey_the_switch(monkeypatch, tmp_path, capsys):
 
 
 def test_training_bars_obey_the_switch(monkeypatch, capsys):
-    # `ootd train-vae` and `ootd train` run with progress=True; the switch must still silence them (a tiny VAE step)
+    # `ootd train-vae` runs with progress=True; the switch must still silence its bar (one step of a tiny VAE)
     import torch
     from diffusers import AutoencoderTiny
 

@@ -555,8 +555,9 @@ def test_decoder_only_vae_training_keeps_the_encoder_and_latent_scale_and_lowers
         train_toy_vae(tiny_config(tiny_data, tmp_path / "c", vae_train_encoder=False, vae_pretrain_steps=1))
 
 
-def test_init_unets_starts_a_run_from_trained_unets_and_refuses_ones_that_do_not_fit(tiny_data, tmp_path):
+def test_init_unets_starts_a_run_from_trained_unets_keeps_their_latent_mask_and_refuses_misfits(tiny_data, tmp_path):
     from ootd_lib.models import load_unets, toy_unet_config
+    from ootd_lib.pipeline import OOTDPipeline
     from ootd_lib.training import build_components
 
     src = training.train(tiny_config(tiny_data, tmp_path / "first"), progress=False)  # released layout
@@ -580,6 +581,13 @@ def test_init_unets_starts_a_run_from_trained_unets_and_refuses_ones_that_do_not
         load_unets(unets, like=(other, other))
     with pytest.raises(WeightsError, match="holds neither"):
         load_unets(unets / "unet_garm")  # one level too deep: neither unet_garm/ inside nor a released layout
+    # the export keeps the latent mask of the folder it started from (the toy checkpoint's any), else nearest
+    index = src / "checkpoints" / "ootd" / "model_index.json"
+    assert json.loads(index.read_text())["latent_mask"] == "nearest"  # trained from scratch: as released
+    index.write_text(json.dumps({**json.loads(index.read_text()), "latent_mask": "any"}))
+    cfg = tiny_config(tiny_data, tmp_path / "second", init_unets=str(src), seed=11)
+    again = training.export_pipeline(cfg, comps, (comps["unet_garm"], comps["unet_vton"]))
+    assert OOTDPipeline.from_pretrained(again).config.latent_mask == "any"
 
 
 # --- memory-lean full fine-tuning switches (issue 16, item 3) ----------------------------------------------------------
