@@ -12,7 +12,6 @@ identification (the right garment drawn in each of the six families). The ceilin
 identifications of the exact ground truth after a VAE round trip (every result is decoded by that VAE).
 """
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -21,8 +20,8 @@ import torch
 
 from ootd_lib.config import TOY_CHECKPOINT, Config
 from ootd_lib.data import MaskedTryOnDataset, VitonHDDataset
-from ootd_lib.evaluation import _identified, candidate_tensors, evaluate_toy, pattern_tensors, to_unit, vae_round_trip
-from ootd_lib.models import load_unets, weights_digest
+from ootd_lib.evaluation import evaluate_toy, identify_garments, identify_patterns, to_unit, vae_round_trip
+from ootd_lib.models import load_unets, safetensors_digest, weights_digest
 from ootd_lib.pipeline import load_toy_pipeline
 from ootd_lib.toydata import toy_dataset
 
@@ -37,13 +36,6 @@ KEYS = ("identification", "pattern_identification", "colour_error", "masked_erro
 
 def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
-
-
-def digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def measure(pipe, root: Path, limit: int) -> dict:
@@ -61,9 +53,8 @@ def ceiling(vae, root: Path, limit: int) -> dict:
     data = MaskedTryOnDataset(VitonHDDataset(root, "test", "unpaired", size=(128, 96)), "hd")
     items = [data[i] for i in range(min(limit, len(data)))]
     decoded = to_unit(vae_round_trip(vae, torch.stack([it["target"] for it in items])))
-    size = tuple(decoded.shape[-2:])
-    garment = _identified(decoded, items, candidate_tensors(items, info, size, 16, 0)).float().mean()
-    pattern = _identified(decoded, items, pattern_tensors(items, info, size)).float().mean()
+    garment = identify_garments(decoded, items, info, k=16).float().mean()
+    pattern = identify_patterns(decoded, items, info).float().mean()
     return {"n": len(items), "identification": round(float(garment), 4),
             "pattern_identification": round(float(pattern), 4)}
 
@@ -76,7 +67,7 @@ def main(limit: int = 64):
     ordinary = toy_dataset(ROOT / "data" / "toy_vitonhd", layout="vitonhd", n_train=1024, n_test=64, seed=0,
                            progress=False)
     unets = TOY_CHECKPOINT / "checkpoints" / "ootd" / "ootd_hd"
-    result = {"base_sha256": weights_digest(TOY_CHECKPOINT, "hd"), "adapter_sha256": digest(ADAPTER),
+    result = {"base_sha256": weights_digest(TOY_CHECKPOINT, "hd"), "adapter_sha256": safetensors_digest(ADAPTER),
               "sizes_bytes": {"unets": folder_size(unets), "adapter": folder_size(ADAPTER)}, "models": {}}
     pipe = load_toy_pipeline(variant="hd")
     pipe.set_progress_bar_config(disable=True)

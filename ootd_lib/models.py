@@ -34,7 +34,7 @@ from .hub import CLIP_REPO, OFFICIAL_REPO, check_weight_file, redownload_hint, r
 __all__ = ["OOTDModel", "build_toy_components", "build_sd15_components", "load_official_components", "widen_conv_in",
            "make_scheduler", "make_noise_scheduler", "toy_unet_config", "TOY_TOKENIZER", "COMPONENT_NAMES",
            "OFFICIAL_CHECKPOINT", "load_profile_components", "save_components", "add_variant", "load_vae",
-           "official_variant", "weights_digest"]
+           "official_variant", "weights_digest", "safetensors_digest"]
 
 COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet_garm", "unet_vton",
                    "scheduler")
@@ -522,16 +522,23 @@ def weights_digest(folder, variant: str) -> str:
     """sha256 over everything a variant's try-ons depend on in a released-layout folder (the toy checkpoint): its
     UNets' and the shared VAE's weight files and the latent mask its ``model_index.json`` names. A recorded
     evaluation (``assets/toy_eval.json``) keeps it, so a retrained UNet, decoder or mask mode must be measured again."""
-    import hashlib
-
     ootd = Path(folder) / "checkpoints" / "ootd"
-    files = sorted((ootd / f"ootd_{variant}").rglob("*.safetensors")) + sorted((ootd / "vae").glob("*.safetensors"))
-    if not files:
+    parts = (ootd / f"ootd_{variant}", ootd / "vae")
+    if not any(f for part in parts for f in part.rglob("*.safetensors")):
         raise WeightsError(f"{ootd} holds no ootd_{variant} or vae weights (*.safetensors)")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.read_bytes())
     index = ootd / "model_index.json"
     mode = json.loads(index.read_text()).get("latent_mask", "nearest") if index.is_file() else "nearest"
-    h.update(mode.encode())
+    return safetensors_digest(*parts, suffix=mode.encode())
+
+
+def safetensors_digest(*folders, suffix: bytes = b"") -> str:
+    """sha256 over the ``*.safetensors`` files under each folder in turn (sorted within a folder), then ``suffix``:
+    what a recorded measurement keeps to name the weights it was made on (a LoRA adapter folder, a checkpoint)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for folder in folders:
+        for f in sorted(Path(folder).rglob("*.safetensors")):
+            h.update(f.read_bytes())
+    h.update(suffix)
     return h.hexdigest()

@@ -3,7 +3,6 @@ checkpoint a garment family it never saw (plaid) — and assets/toy_lora_eval.js
 assets/make_toy_lora_eval.py. A retrained adapter or base must be measured again; what the adapter reached is
 guarded, so a regression fails CI. See assets/README.md ("Toy LoRA")."""
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,24 +10,17 @@ import pytest
 
 from ootd_lib.config import TOY_CHECKPOINT
 from ootd_lib.lora import check_adapter, read_adapter
-from ootd_lib.models import weights_digest
+from ootd_lib.models import safetensors_digest, weights_digest
 from ootd_lib.pipeline import load_toy_pipeline
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ADAPTER = ASSETS / "toy_lora_plaid"
 
 
-def digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def recorded():
     ev = json.loads((ASSETS / "toy_lora_eval.json").read_text())
-    assert ev["adapter_sha256"] == digest(ADAPTER), "re-run assets/make_toy_lora_eval.py"
+    assert ev["adapter_sha256"] == safetensors_digest(ADAPTER), "re-run assets/make_toy_lora_eval.py"
     assert ev["base_sha256"] == weights_digest(TOY_CHECKPOINT, "hd"), \
         "the shipped hd UNets, VAE or latent mask changed: re-measure (and retrain the adapter if the UNets did)"
     for model in ev["models"].values():
