@@ -1,4 +1,5 @@
-"""Draw assets/toy_loss.png from the committed loss logs of the toy recipe's UNet stages (assets/README.md).
+"""Draw assets/toy_loss.png (the UNet stages) and assets/toy_vae_loss.png (the VAE stages) from the committed loss
+logs of the toy recipe (assets/README.md).
 
     python assets/plot_toy_loss.py
 
@@ -16,27 +17,39 @@ ASSETS = Path(__file__).resolve().parent
 STAGES = {  # variant: [(label, csv)], in training order
     "hd": [("stage 2 (lr 1e-3)", "toy_hd_loss.csv"), ("stage 3 (lr 5e-4)", "toy_hd_more_loss.csv")],
     "dc": [("stage 2 (lr 1e-3)", "toy_dc_loss.csv"), ("stage 3 (lr 5e-4)", "toy_dc_more_loss.csv"),
-           ("stage 4 (lr 3e-4)", "toy_dc_stage4_loss.csv")],
+           ("stage 4 (lr 3e-4)", "toy_dc_stage4_loss.csv"), ("stage 5 (lr 3e-4, 1 024 new persons)", "toy_dc_stage5_loss.csv")],
 }
+VAE_STAGES = {"VAE": [("1 (whole VAE, lr 1e-3)", "toy_vae_loss.csv"),
+                      ("1b (decoder, lr 5e-4)", "toy_vae_decoder_loss.csv"),
+                      ("1c (decoder, lr 3e-4)", "toy_vae_decoder2_loss.csv"),
+                      ("1d (decoder, persons only, lr 3e-4)", "toy_vae_decoder3_loss.csv"),
+                      ("1e (decoder, persons only, lr 2e-4)", "toy_vae_decoder4_loss.csv")]}
 SMOOTH = 25
 
 
-def main(out=ASSETS / "toy_loss.png"):
+def plot(stages: dict, out: Path, ylabel: str, title: str):
     fig = Figure(figsize=(8, 3.6))
     ax = fig.subplots()
-    for colour, (variant, stages) in zip(("tab:blue", "tab:orange"), STAGES.items()):
+    for colour, (variant, runs) in zip(("tab:blue", "tab:orange"), stages.items()):
         offset = 0
-        for style, (label, name) in zip(("-", "--", ":"), stages):
+        for k, (style, (label, name)) in enumerate(zip(("-", "--", ":", "-.", (0, (1, 4))), runs)):
             steps, losses = read_loss_csv(ASSETS / name)
             mean = np.convolve(losses, np.ones(SMOOTH) / SMOOTH, "valid")
-            ax.plot(np.asarray(steps[SMOOTH - 1:]) + offset, mean, style, color=colour, label=f"{variant} {label}")
+            ax.plot(np.asarray(steps[SMOOTH - 1:]) + offset, mean, linestyle=style,
+                    color=colour if len(stages) > 1 else f"C{k}", label=f"{variant} {label}")
             offset += int(steps[-1])
-    ax.set(xlabel="step", ylabel=f"truncated-SNR ε-MSE (moving mean of {SMOOTH} logs)", yscale="log",
-           title="toy UNets: training loss")
+    ax.set(xlabel="step", ylabel=f"{ylabel} (moving mean of {SMOOTH} logs)", yscale="log", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     print(f"written {out}")
+
+
+def main():
+    plot(STAGES, ASSETS / "toy_loss.png", "truncated-SNR ε-MSE", "toy UNets: training loss")
+    # 1d and 1e see person images only, which carry more detail than the flat in-shop garments of 1–1c's pool: their
+    # loss starts higher and is not comparable with the earlier stages'
+    plot(VAE_STAGES, ASSETS / "toy_vae_loss.png", "MSE + L1", "toy VAE: training loss (64×48 crops)")
 
 
 if __name__ == "__main__":

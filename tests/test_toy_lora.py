@@ -39,33 +39,33 @@ def test_the_shipped_adapter_belongs_to_the_shipped_hd_checkpoint_and_is_small(r
 
 def test_the_recorded_runs_moved_the_new_family_and_kept_the_old_ones(recorded):
     """Guards the levels measured on the 64 plaid test pairs (assets/README.md, "Toy LoRA"): the adapter raised
-    pattern identification 27 % → 41 % and kept garment identification (83 % → 81 %), and with it loaded the model
-    still identifies 84 % of the ordinary families' garments (the base: 86 %); full fine-tuning moved the pattern less
-    (30 %) and dropped the ordinary families to 80 %."""
+    pattern identification 28 % → 33 % and garment identification 78 % → 81 %, and with it loaded the model still
+    identifies 84 % of the ordinary families' garments (the base: 83 %); full fine-tuning lowered the pattern (25 %).
+    Measured with the stage 1e VAE decoder; with stage 1c's the same adapter had raised the pattern 27 % → 41 %."""
     m = recorded["models"]
     base, tuned = m["base"]["plaid"], m["lora"]["plaid"]
-    assert tuned["pattern_identification"] >= base["pattern_identification"] + 6 / 64  # measured: +9 pairs of 64
+    assert tuned["pattern_identification"] >= base["pattern_identification"] + 2 / 64  # measured: +3 pairs of 64
     assert tuned["identification"] >= base["identification"] - 2 / 64
     assert m["lora"]["ordinary"]["identification"] >= m["base"]["ordinary"]["identification"] - 2 / 64
 
 
 def test_the_adapter_identifies_plaid_garments_as_the_issue_asks(recorded):
     """The issue's number, ≥ 80 % garment identification on the new family, is met (81 %). Its premise is not: the
-    shipped base already identifies 83 % of plaid garments by their colours, so this identification never started near
-    chance. What the adapter does raise is pattern identification, the strict xfail below."""
+    shipped base already identifies 78 % of plaid garments by their colours, so this identification never started near
+    chance. What starts near chance is pattern identification, the strict xfail below."""
     assert recorded["models"]["lora"]["plaid"]["identification"] >= 0.80
 
 
-@pytest.mark.xfail(strict=True, reason="open (LoRA issue, item 5): the adapter reaches 41 % pattern identification on "
-                   "plaid (chance 17 %, the base 27 %; the VAE round trip of the truth itself reaches about 80 %): the "
-                   "new family's pattern, which is what starts near chance, is not learnt to 80 %")
+@pytest.mark.xfail(strict=True, reason="open (LoRA issue, item 5): the adapter reaches 33 % pattern identification on "
+                   "plaid (chance 17 %, the base 28 %; the VAE round trip of the truth itself reaches 92 %): the new "
+                   "family's pattern, which is what starts near chance, is not learnt to 80 %")
 def test_the_adapter_learns_the_new_pattern_to_80_percent(recorded):
     assert recorded["models"]["lora"]["plaid"]["pattern_identification"] >= 0.80
 
 
 def test_the_vae_ceiling_is_recorded_beside_the_models(recorded):
     """No decoded result beats the round-tripped truth: every recorded model's pattern identification lies at or
-    below the recorded VAE ceiling (80 % on plaid, 86 % on the ordinary families)."""
+    below the recorded VAE ceiling (92 % on plaid, 88 % on the ordinary families)."""
     for family in ("plaid", "ordinary"):
         top = recorded["vae_ceiling"][family]
         assert top["n"] == 64

@@ -520,8 +520,10 @@ def test_toy_vae_pretraining_reduces_reconstruction_error_and_sets_the_latent_sc
     before = error()
     losses = []
     pretrain_toy_vae(vae, dataset, steps=25, lr=1e-3, batch_size=4, crop=crop, seed=0, l1_weight=l1_weight,
-                     progress=False, log=lambda step, loss: losses.append(loss))
-    assert len(losses) == 25 and all(isinstance(v, float) for v in losses)
+                     progress=False, log=lambda step, loss, lr: losses.append((loss, lr)))
+    assert len(losses) == 25 and all(isinstance(v, float) for v, _ in losses)
+    lrs = [lr for _, lr in losses]  # the cosine schedule's rate, logged as it was used
+    assert lrs[0] == 1e-3 and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.01 * 1e-3
     assert error() < 0.7 * before
     with torch.no_grad():
         z = encode_latents(vae, torch.stack([dataset.base[i][k] for i in range(len(dataset))
@@ -553,6 +555,29 @@ def test_decoder_only_vae_training_keeps_the_encoder_and_latent_scale_and_lowers
     assert err[1] < err[0]
     with pytest.raises(ConfigError, match="vae_init"):
         train_toy_vae(tiny_config(tiny_data, tmp_path / "c", vae_train_encoder=False, vae_pretrain_steps=1))
+
+
+def test_a_decoder_only_stage_can_train_on_the_persons_alone(tiny_data, tmp_path, monkeypatch):
+    """``vae_train_garments: false``: the decoder sees only the person images (the only latents the pipeline ever
+    decodes); a stage that also trains the encoder is refused, since the encoder must still encode garments."""
+    from ootd_lib import toy_vae
+    from ootd_lib.data import build_dataset
+
+    cfg = tiny_config(tiny_data, tmp_path / "a", vae_pretrain_steps=2, vae_pretrain_batch_size=4)
+    dataset = build_dataset(cfg, cache_dir=tmp_path / "masks", generate=False)
+    persons = torch.stack([dataset.base[i]["person"] for i in range(len(dataset))])
+    assert torch.equal(toy_vae._vae_pool(dataset, garments=False), persons)
+    assert len(toy_vae._vae_pool(dataset)) == 2 * len(dataset)
+    pools = []
+    real_pool = toy_vae._vae_pool
+    monkeypatch.setattr(toy_vae, "_vae_pool", lambda d, g=True: pools.append(g) or real_pool(d, g))
+    first = toy_vae.train_toy_vae(cfg, progress=False)
+    toy_vae.train_toy_vae(tiny_config(tiny_data, tmp_path / "b", vae_init=str(first), vae_train_encoder=False,
+                                      vae_train_garments=False, vae_pretrain_steps=2, vae_pretrain_batch_size=4),
+                          progress=False)
+    assert pools == [True, False]
+    with pytest.raises(ConfigError, match="vae_train_garments"):
+        toy_vae.train_toy_vae(tiny_config(tiny_data, tmp_path / "c", vae_train_garments=False, vae_pretrain_steps=1))
 
 
 def test_init_unets_starts_a_run_from_trained_unets_keeps_their_latent_mask_and_refuses_misfits(tiny_data, tmp_path):
@@ -714,3 +739,13 @@ def test_memory_switches_default_to_the_paper_recipe():
     for name in ("vitonhd_512", "vitonhd_1024", "dresscode_1024"):
         paper = Config.from_yaml(REPO / "configs" / f"{name}.yaml")
         assert not paper.use_8bit_adam and not paper.use_ema and paper.learning_rate == 5e-5, name
+
+
+def test_every_shipped_config_loads_and_the_toy_vae_stages_keep_the_encoder():
+    """Each configs/*.yaml passes the config checks; the decoder-only VAE stages after stage 1 never train the encoder
+    (the UNets were trained on its latents), and the person-only ones are decoder-only by construction."""
+    configs = {p.stem: Config.from_yaml(p) for p in sorted((REPO / "configs").glob("*.yaml"))}
+    assert len(configs) >= 10
+    stages = [c for name, c in configs.items() if name.startswith("toy_vae_decoder")]
+    assert stages and all(not c.vae_train_encoder and c.vae_init for c in stages)
+    assert any(not c.vae_train_garments for c in stages)
