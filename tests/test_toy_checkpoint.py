@@ -125,9 +125,9 @@ def test_latent_mask_any_is_why_the_toy_checkpoint_records_it():
     assert lower["colour_error"] < lower_nearest["colour_error"]
 
 
-@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): hd identifies 83 % (target 85 %), dc 67 % of lower_body "
-                   "and 79.7 % (51 of 64) of dresses garments (target 80 %); the dc lower_body colour ratio is 3.2x "
-                   "(target 4x); masked error is 2.4-3.2x the VAE floor (target 2x)")
+@pytest.mark.xfail(strict=True, reason="open (toy try-on issue): hd identifies 83 % (target 85 %), dc 67 % of "
+                   "lower_body and 79.7 % (51 of 64) of dresses garments (target 80 %); the dc lower_body colour ratio "
+                   "is 3.2x (target 4x); masked error is 2.4-3.2x the VAE floor (target 2x)")
 def test_recorded_evaluation_meets_the_issue_targets():
     for variant, cat, r, _ in recorded():
         assert r["identification"] >= (0.85 if variant == "hd" else 0.80), (variant, cat, r)
