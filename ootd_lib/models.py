@@ -34,7 +34,7 @@ from .hub import CLIP_REPO, OFFICIAL_REPO, check_weight_file, redownload_hint, r
 __all__ = ["OOTDModel", "build_toy_components", "build_sd15_components", "load_official_components", "widen_conv_in",
            "make_scheduler", "make_noise_scheduler", "toy_unet_config", "TOY_TOKENIZER", "COMPONENT_NAMES",
            "OFFICIAL_CHECKPOINT", "load_profile_components", "save_components", "add_variant", "load_vae",
-           "official_variant", "weights_digest", "safetensors_digest"]
+           "official_variant", "exported_config", "weights_digest", "safetensors_digest"]
 
 COMPONENT_NAMES = ("vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor", "unet_garm", "unet_vton",
                    "scheduler")
@@ -526,9 +526,7 @@ def weights_digest(folder, variant: str) -> str:
     parts = (ootd / f"ootd_{variant}", ootd / "vae")
     if not any(f for part in parts for f in part.rglob("*.safetensors")):
         raise WeightsError(f"{ootd} holds no ootd_{variant} or vae weights (*.safetensors)")
-    index = ootd / "model_index.json"
-    mode = json.loads(index.read_text()).get("latent_mask", "nearest") if index.is_file() else "nearest"
-    return safetensors_digest(*parts, suffix=mode.encode())
+    return safetensors_digest(*parts, suffix=exported_config(folder).get("latent_mask", "nearest").encode())
 
 
 def safetensors_digest(*folders, suffix: bytes = b"") -> str:
@@ -542,3 +540,16 @@ def safetensors_digest(*folders, suffix: bytes = b"") -> str:
             h.update(f.read_bytes())
     h.update(suffix)
     return h.hexdigest()
+
+
+def exported_config(path_or_repo) -> dict:
+    """``height`` / ``width`` / ``model_type`` that training's export wrote into a local released-layout folder's
+    ``model_index.json`` (and ``latent_mask``, which the toy checkpoint's assembly writes); ``{}`` for the released
+    weights (their index has none) and hub repo ids."""
+    local = Path(str(path_or_repo)).expanduser()
+    for folder in (local / "checkpoints" / "ootd", local / "ootd"):
+        index_path = folder / "model_index.json"
+        if index_path.is_file():
+            index = json.loads(index_path.read_text())
+            return {k: index[k] for k in ("height", "width", "model_type", "latent_mask") if index.get(k) is not None}
+    return {}

@@ -51,7 +51,7 @@ from .errors import InputError, OOTDWarning, WeightsError
 from .fusion import OutfittingFusion, transformer_block_names
 from .guidance import cfg_combine, uses_cfg
 from .masking import masked_person
-from .models import CLIPImageProcessor
+from .models import CLIPImageProcessor, exported_config
 from .progress import progress_enabled
 
 __all__ = ["OOTDPipeline", "tryon", "load_toy_pipeline", "default_resolution", "prepare_images",
@@ -540,21 +540,6 @@ class OOTDPipeline(DiffusionPipeline):
         if output_type == "np":
             return arr
         return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
-
-
-def exported_config(path_or_repo) -> dict:
-    """``height`` / ``width`` / ``model_type`` that training's export wrote into a local released-layout folder's
-    ``model_index.json`` (and ``latent_mask``, which the toy checkpoint's assembly writes); ``{}`` for the released
-    weights (their index has none) and hub repo ids."""
-    import json
-
-    local = Path(str(path_or_repo)).expanduser()
-    for folder in (local / "checkpoints" / "ootd", local / "ootd"):
-        index_path = folder / "model_index.json"
-        if index_path.is_file():
-            index = json.loads(index_path.read_text())
-            return {k: index[k] for k in ("height", "width", "model_type", "latent_mask") if index.get(k) is not None}
-    return {}
 
 
 def load_toy_pipeline(path=None, torch_dtype=None, variant: str = "hd") -> OOTDPipeline:

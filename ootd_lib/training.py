@@ -561,7 +561,7 @@ def export_pipeline(cfg: Config, comps: dict, unets) -> Path:
 def run_latent_mask(cfg: Config) -> str:
     """How the run's model is sampled (``pipeline.mask_to_latents``): as the released-layout folder it started from
     says (``init_unets``; the toy checkpoint: ``any``), else ``nearest`` as released. A fine-tuned toy model keeps it."""
-    from .pipeline import exported_config
+    from .models import exported_config
 
     return exported_config(cfg.init_unets).get("latent_mask", "nearest") if cfg.init_unets else "nearest"
 
