@@ -234,6 +234,8 @@ def config_changes(saved: dict, cfg) -> dict:
     # a key the checkpoint predates (lora_rank, ...) had its default then
     defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
     saved = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in defaults.items()}, **saved}
+    if saved.get("toy_seed") is None:  # the run read whatever wardrobe was there; data.build_dataset checks it now
+        free = free | {"toy_seed"}
     return {k: (saved.get(k), v) for k, v in new.items() if k not in free and saved.get(k) != v}
 
 

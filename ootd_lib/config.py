@@ -46,10 +46,16 @@ class Config:
     categories: tuple[str, ...] = ("upper_body",)
     toy_train: int = 512  # pairs generated when data_root does not exist (toy only)
     toy_test: int = 64
+    # the toy wardrobe's seed: it generates a missing data_root and must match an existing one (a later stage that
+    # reuses an earlier stage's data_root with new batches states the wardrobe's seed here); null: seed, unchecked
+    toy_seed: int | None = None
     # garment families of the toy wardrobe (null: the default ones; e.g. [plaid], see ootd_lib.toydata.ALL_PATTERNS);
     # a data_root written with other families is refused
     toy_patterns: tuple[str, ...] | None = None
     mask_cache: str | None = None  # folder for cached agnostic masks (default: <output_dir>/mask_cache)
+    # e.g. {lower_body: 2}: every training pair of that category appears twice per epoch (others once), so batches
+    # lean towards a category the model finds hard (training only; the data on disk is unchanged)
+    category_repeats: dict[str, int] | None = None
 
     # --- training (paper defaults where they apply) ----------------------------------------------------------
     output_dir: str = "runs/toy"
@@ -154,6 +160,13 @@ class Config:
             check("categories[]", c, CATEGORIES)
         for t in self.lora_targets:
             check("lora_targets[]", t, LORA_TARGETS)
+        for c, n in (self.category_repeats or {}).items():
+            check("category_repeats key", c, self.categories)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"config field category_repeats[{c}]={n!r} must be an integer >= 1 (how many times "
+                                  "each pair of that category appears per epoch)")
+        if self.category_repeats is not None and all(n == 1 for n in self.category_repeats.values()):
+            self.category_repeats = None  # repeats nothing: the same run as without, and a resume must see it so
         if self.lora_rank and (not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets)):
             raise ConfigError(f"config field lora_targets={list(self.lora_targets)!r} must name each of {LORA_TARGETS} "
                               "at most once, and at least one of them when lora_rank > 0")
@@ -176,8 +189,8 @@ class Config:
         at_least(1, "max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
                  "log_every", "max_nonfinite_in_a_row", "sample_pairs", "num_inference_steps",
                  "vae_pretrain_batch_size", "torch_threads")
-        at_least(0, "lora_rank", "lr_warmup_steps", "toy_train", "toy_test", "num_workers", "checkpoints_total_limit",
-                 "sample_every", "vae_pretrain_steps", "max_grad_norm", "adam_weight_decay",
+        at_least(0, "lora_rank", "lr_warmup_steps", "toy_train", "toy_test", "toy_seed", "num_workers",
+                 "checkpoints_total_limit", "sample_every", "vae_pretrain_steps", "max_grad_norm", "adam_weight_decay",
                  "vae_pretrain_l1_weight", "image_guidance_scale")
         positive("learning_rate", "adam_epsilon", "vae_pretrain_lr")
         fraction("adam_beta1", "adam_beta2", "lora_dropout", top_open=True)

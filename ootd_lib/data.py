@@ -593,15 +593,17 @@ class MaskedTryOnDataset(torch.utils.data.Dataset):
         return out
 
 
-def _check_toy_patterns(root: Path, patterns):
-    """Refuse a toy wardrobe (``toy_info.json``) written with other garment families than ``patterns``."""
+def _check_toy_wardrobe(root: Path, patterns, seed: int | None):
+    """Refuse a toy wardrobe (``toy_info.json``) written with other garment families than ``patterns``, or with
+    another seed than ``seed`` (None: any seed)."""
     from .toydata import info_patterns
 
     info_path = root / "toy_info.json"
     if not info_path.is_file():  # real data, or not a toy wardrobe
         return
     try:
-        found = info_patterns(json.loads(info_path.read_text()))
+        info = json.loads(info_path.read_text())
+        found = info_patterns(info)
     except (ValueError, AttributeError, TypeError) as exc:
         raise DataError(f"{info_path} is not a readable toy_info.json ({exc}); delete {root} to regenerate "
                         "it") from None
@@ -610,13 +612,18 @@ def _check_toy_patterns(root: Path, patterns):
         raise DataError(f"toy data folder {root} was written with {name(found)}, but the config asks for "
                         f"{name(patterns)}: point data_root at another folder (a missing one is generated), delete "
                         f"{root}, or set toy_patterns to {None if found is None else list(found)}")
+    if seed is not None and info.get("seed") != seed:
+        raise DataError(f"toy data folder {root} holds the wardrobe of seed {info.get('seed')}, but the config asks "
+                        f"for toy_seed {seed}: point data_root at another folder (a missing one is generated), "
+                        f"delete {root}, or set toy_seed to {info.get('seed')}")
 
 
 def build_dataset(cfg, split: str = "train", pairing: str = "paired", cache_dir=None,
                   generate: bool = True) -> MaskedTryOnDataset:
     """The dataset a :class:`~ootd_lib.config.Config` names (generating the toy wardrobe first when the toy data
-    folder is missing and ``generate`` is true). A toy wardrobe written with other garment families than
-    ``cfg.toy_patterns`` is refused: training or evaluating on it would silently measure another family."""
+    folder is missing and ``generate`` is true; its seed: ``cfg.toy_seed``, else ``cfg.seed``). A toy wardrobe written
+    with other garment families than ``cfg.toy_patterns``, or with another seed than a stated ``cfg.toy_seed``, is
+    refused: training or evaluating on it would silently use other people and garments."""
     from .toydata import check_patterns
 
     root, patterns = Path(cfg.data_root), check_patterns(cfg.toy_patterns)
@@ -626,9 +633,10 @@ def build_dataset(cfg, split: str = "train", pairing: str = "paired", cache_dir=
         from .toydata import generate_toy_dataset
 
         print(f"data_root {root} does not exist: generating a toy wardrobe there")  # says so when it is a typo
-        generate_toy_dataset(root, layout=cfg.layout, n_train=cfg.toy_train, n_test=cfg.toy_test, seed=cfg.seed,
+        seed = cfg.seed if cfg.toy_seed is None else cfg.toy_seed
+        generate_toy_dataset(root, layout=cfg.layout, n_train=cfg.toy_train, n_test=cfg.toy_test, seed=seed,
                              progress=False, patterns=patterns)
-    _check_toy_patterns(root, patterns)
+    _check_toy_wardrobe(root, patterns, cfg.toy_seed)
     if cfg.layout == "vitonhd":
         base = VitonHDDataset(root, split, pairing, size=cfg.resolution)
     else:

@@ -270,13 +270,23 @@ def cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 def training_data(cfg: Config, comps: dict, accelerator, dtype):
     """The training set with its masks, or its latents encoded once (``cache_latents``). The main process goes first
-    (it writes the toy wardrobe when it is missing); the others then read it."""
+    (it writes the toy wardrobe when it is missing); the others then read it. With ``category_repeats``, a view that
+    repeats the pairs of the named categories."""
     with accelerator.main_process_first():
         dataset = build_dataset(cfg, cache_dir=cfg.mask_cache or Path(cfg.output_dir) / "mask_cache",
                                 generate=accelerator.is_main_process)
-    if not cfg.cache_latents:
+    categories = [pair[2] for pair in dataset.base.pairs]
+    if cfg.cache_latents:
+        dataset = cache_latents(dataset, comps, cfg.model_type, accelerator.device, dtype=dtype)
+    if not cfg.category_repeats:
         return dataset
-    return cache_latents(dataset, comps, cfg.model_type, accelerator.device, dtype=dtype)
+    return torch.utils.data.Subset(dataset, repeated_indices(categories, cfg.category_repeats))
+
+
+def repeated_indices(categories: list[str], repeats: dict[str, int]) -> list[int]:
+    """Each index ``i`` ``repeats[categories[i]]`` times (1 for a category not named), in order: the training set of
+    ``category_repeats``, which the step sampler then shuffles like any other."""
+    return [i for i, c in enumerate(categories) for _ in range(repeats.get(c, 1))]
 
 
 def trainable_model(comps: dict, cfg: Config, dtype: torch.dtype = torch.float32):

@@ -347,3 +347,7 @@ def test_resuming_a_checkpoint_older_than_the_lora_keys_sees_no_config_change(ti
     saved = {k: v for k, v in cfg.to_dict().items() if not k.startswith("lora_")}  # written before they existed
     assert config_changes(saved, cfg) == {}
     assert config_changes(saved, tiny_config(tiny_data, tmp_path)) == {"lora_rank": (0, 4)}
+    # toy_seed: a run that did not state it read the wardrobe it found (build_dataset now checks the folder's seed)
+    assert config_changes(saved, tiny_config(tiny_data, tmp_path, lora_rank=0, toy_seed=0)) == {}
+    stated = dict(saved, toy_seed=0)
+    assert config_changes(stated, tiny_config(tiny_data, tmp_path, lora_rank=0, toy_seed=1)) == {"toy_seed": (0, 1)}

@@ -206,6 +206,24 @@ def test_build_dataset_generates_the_families_and_refuses_a_folder_of_other_ones
         Config.for_profile("toy", toy_patterns=[])
 
 
+def test_toy_seed_generates_the_wardrobe_and_refuses_a_folder_of_another_seed(tmp_path):
+    """``toy_seed`` (not the batch ``seed``) picks the wardrobe a missing data_root is generated with, and a stated
+    ``toy_seed`` refuses a folder written with another; without it any toy wardrobe is read (the tests' habit)."""
+    from ootd_lib.data import build_dataset
+
+    kw = dict(toy_train=1, toy_test=0, resolution=SIZE)
+    build_dataset(Config.for_profile("toy", data_root=str(tmp_path / "w"), seed=5, toy_seed=2, **kw))
+    assert json.loads((tmp_path / "w" / "toy_info.json").read_text())["seed"] == 2
+    assert len(build_dataset(Config.for_profile("toy", data_root=str(tmp_path / "w"), seed=7, toy_seed=2, **kw))) == 1
+    with pytest.raises(DataError, match=r"w holds the wardrobe of seed 2.*toy_seed 3.*set toy_seed to 2"):
+        build_dataset(Config.for_profile("toy", data_root=str(tmp_path / "w"), toy_seed=3, **kw))
+    assert len(build_dataset(Config.for_profile("toy", data_root=str(tmp_path / "w"), seed=3, **kw))) == 1
+    build_dataset(Config.for_profile("toy", data_root=str(tmp_path / "v"), seed=4, **kw))  # no toy_seed: seed
+    assert json.loads((tmp_path / "v" / "toy_info.json").read_text())["seed"] == 4
+    with pytest.raises(ConfigError, match="toy_seed"):
+        Config.for_profile("toy", toy_seed=-1)
+
+
 def test_toy_dataset_does_not_reuse_a_folder_of_other_families(tmp_path):
     kw = dict(n_train=1, n_test=0, seed=0, size=SIZE, progress=False)
     root = toy_dataset(tmp_path / "t", **kw, patterns=("plaid",))

@@ -179,6 +179,45 @@ def test_step_batches_split_one_batch_across_micro_steps_and_processes():
 
 
 # --- the loop: streams, accumulation, resume -------------------------------------------------------------------------
+def test_category_repeats_lean_the_training_set_towards_a_category(toy_dresscode, tmp_path):
+    """``category_repeats: {lower_body: 3}``: each lower_body pair appears three times, the others once, and every
+    entry is the pair it names; a key outside ``categories`` or a count below 1 is a ConfigError."""
+    from collections import Counter
+
+    kw = dict(layout="dresscode", model_type="dc", categories=("upper_body", "lower_body", "dresses"),
+              cache_latents=False, mask_cache=str(tmp_path / "masks"))
+    plain_cfg = tiny_config(toy_dresscode, tmp_path / "plain", **kw)
+    cfg = tiny_config(toy_dresscode, tmp_path / "weighted", category_repeats={"lower_body": 3}, **kw)
+    accelerator = training.make_accelerator(cfg)
+    plain = training.training_data(plain_cfg, {}, accelerator, torch.float32)
+    weighted = training.training_data(cfg, {}, accelerator, torch.float32)
+    per_category = Counter(pair[2] for pair in plain.base.pairs)
+    assert len(set(per_category.values())) == 1  # the toy wardrobe: as many pairs in each category
+    counts = Counter(plain.base.pairs[i][2] for i in weighted.indices)
+    assert counts == {c: n * (3 if c == "lower_body" else 1) for c, n in per_category.items()}
+    assert len(weighted) == sum(counts.values())
+    for j in (0, len(weighted) // 2, len(weighted) - 1):
+        got, want = weighted[j], plain[weighted.indices[j]]
+        assert got["category"] == want["category"] and torch.equal(got["person"], want["person"])
+    # the cached latents (what the toy recipe trains on) are repeated the same way: entry j holds the encoding of the
+    # pair it names (one image encoded alone vs in a batch of 16: float32 rounding, ~1e-6)
+    cached = tiny_config(toy_dresscode, tmp_path / "cached", category_repeats={"lower_body": 3},
+                         **dict(kw, cache_latents=True))
+    comps = training.frozen_components(cached, accelerator)
+    latents = training.training_data(cached, comps, accelerator, torch.float32)
+    assert latents.indices == weighted.indices
+    for j in (0, len(latents) // 2, len(latents) - 1):
+        want = encode_latents(comps["vae"], plain[latents.indices[j]]["garment"][None])[0]
+        torch.testing.assert_close(latents[j]["garment"], want, rtol=1e-4, atol=1e-5)
+    assert tiny_config(toy_dresscode, tmp_path, category_repeats={"lower_body": 1}, **kw).category_repeats is None
+    for bad in ({"shoes": 2}, {"lower_body": 0}, {"lower_body": 1.5}):
+        with pytest.raises(ConfigError, match="category_repeats"):
+            tiny_config(toy_dresscode, tmp_path / "bad", category_repeats=bad, **kw)
+    with pytest.raises(ConfigError, match="category_repeats"):  # a category this run does not train on
+        tiny_config(toy_dresscode, tmp_path / "bad", category_repeats={"dresses": 2},
+                    **dict(kw, categories=("upper_body",)))
+
+
 def test_toy_recipe_stream_is_the_documented_one(tiny_data, tmp_path):
     """What the shipped toy checkpoints rely on (single process, no accumulation, no EMA, cached latents): step s
     trains on batch s mod E of the permutation of epoch s // E and on draw_randomness(seed, s, ...). A plain loop
@@ -749,3 +788,12 @@ def test_every_shipped_config_loads_and_the_toy_vae_stages_keep_the_encoder():
     stages = [c for name, c in configs.items() if name.startswith("toy_vae_decoder")]
     assert stages and all(not c.vae_train_encoder and c.vae_init for c in stages)
     assert any(not c.vae_train_garments for c in stages)
+    # stages that share a data_root name one wardrobe: on a fresh clone whichever runs first generates it, so a stage
+    # with new batches (another seed) must still state the wardrobe's seed, or it would generate other people
+    wardrobes = {}
+    for name, c in configs.items():
+        if c.profile == "toy":
+            assert c.toy_seed is not None, f"{name}: state toy_seed (the wardrobe of {c.data_root})"
+            wardrobes.setdefault(c.data_root, set()).add((c.layout, c.toy_train, c.toy_test, c.toy_seed,
+                                                          c.toy_patterns))
+    assert all(len(w) == 1 for w in wardrobes.values()), wardrobes
