@@ -2,7 +2,7 @@
 
     python assets/make_toy_eval.py            # both variants (~15 min per variant, 1 thread)
     python assets/make_toy_eval.py dc         # one variant: updates its entry, keeps the other
-    python assets/make_toy_eval.py --jobs 2   # the runs in 2 processes of 1 thread each (same numbers, ~2/3 the time)
+    python assets/make_toy_eval.py --jobs 2   # the runs in 2 processes of 1 thread each (seeded: the same numbers)
 
 Both variants on 64 held-out unpaired pairs per category (20 UniPC steps, guidance 2.0, seed 0): the trained UNets and
 the same architecture untrained (same VAE and encoders), each with the same model given another test garment as the
