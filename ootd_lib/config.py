@@ -160,11 +160,11 @@ class Config:
             check("categories[]", c, CATEGORIES)
         for t in self.lora_targets:
             check("lora_targets[]", t, LORA_TARGETS)
-        for c, n in (self.category_repeats or {}).items():
+        for c, n in (self.category_repeats or {}).items():  # the counts are integers already (_coerce)
             check("category_repeats key", c, self.categories)
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ConfigError(f"config field category_repeats[{c}]={n!r} must be an integer >= 1 (how many times "
-                                  "each pair of that category appears per epoch)")
+            if n < 1:
+                raise ConfigError(f"config field category_repeats[{c}]={n!r} must be >= 1 (how many times each pair "
+                                  "of that category appears per epoch)")
         if self.category_repeats is not None and all(n == 1 for n in self.category_repeats.values()):
             self.category_repeats = None  # repeats nothing: the same run as without, and a resume must see it so
         if self.lora_rank and (not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets)):
@@ -256,6 +256,8 @@ def _expected(tp) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_expected(args[0]).split(' ', 1)[1]}s"
         return f"a list of {len(args)} {_expected(args[0]).split(' ', 1)[1]}s"
+    if origin is dict and args[1] is not Any:
+        return f"a mapping of {_expected(args[0]).split(' ', 1)[1]}s to {_expected(args[1]).split(' ', 1)[1]}s"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             dict: "a mapping"}.get(origin or tp, str(tp))
 
@@ -287,7 +289,12 @@ def _coerce(name: str, value, tp):
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise bad
-        return value
+        if not args:
+            return value
+        try:  # the values by their annotation (keys as they are: YAML mapping keys are strings already)
+            return {k: _coerce(name, v, args[1]) for k, v in value.items()}
+        except ConfigError:
+            raise bad from None
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
