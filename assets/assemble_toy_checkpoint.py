@@ -1,11 +1,11 @@
 """Assemble assets/toy_checkpoint from the toy recipe's stages: one released-layout folder with both variants, one
 shared VAE and one set of encoders, as the release has.
 
-    python assets/assemble_toy_checkpoint.py --hd runs/toy_hd_more/pipeline --dc runs/toy_dc_stage4/pipeline \\
-        --vae runs/toy_vae_decoder2/vae
+    python assets/assemble_toy_checkpoint.py --hd runs/toy_hd_more/pipeline --dc runs/toy_dc_stage5/pipeline \\
+        --vae runs/toy_vae_decoder4/vae
 
 ``--hd`` / ``--dc``: exported training runs (``<output_dir>/pipeline``); ``--vae``: the VAE to ship (a decoder trained
-further by ``configs/toy_vae_decoder.yaml`` and ``configs/toy_vae_decoder2.yaml``). Refused unless the pieces fit
+further by ``configs/toy_vae_decoder.yaml`` … ``configs/toy_vae_decoder4.yaml``). Refused unless the pieces fit
 together: both runs share their frozen encoders, and the VAE's encoder and latent scale are the ones both were trained
 on (only its decoder may differ).
 ``model_index.json`` records ``latent_mask: any`` (``--latent-mask``): at 128×96 a latent cell is 8 pixels, as wide as

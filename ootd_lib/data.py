@@ -593,9 +593,9 @@ class MaskedTryOnDataset(torch.utils.data.Dataset):
         return out
 
 
-def _check_toy_wardrobe(root: Path, patterns, seed: int | None):
-    """Refuse a toy wardrobe (``toy_info.json``) written with other garment families than ``patterns``, or with
-    another seed than ``seed`` (None: any seed)."""
+def _check_toy_wardrobe(root: Path, patterns, seed: int | None, counts: tuple[int, int] | None = None):
+    """Refuse a toy wardrobe (``toy_info.json``) written with other garment families than ``patterns``, with another
+    seed than ``seed``, or with other (train, test) person counts than ``counts`` (None: any seed, any counts)."""
     from .toydata import info_patterns
 
     info_path = root / "toy_info.json"
@@ -616,6 +616,12 @@ def _check_toy_wardrobe(root: Path, patterns, seed: int | None):
         raise DataError(f"toy data folder {root} holds the wardrobe of seed {info.get('seed')}, but the config asks "
                         f"for toy_seed {seed}: point data_root at another folder (a missing one is generated), "
                         f"delete {root}, or set toy_seed to {info.get('seed')}")
+    found_counts = (info.get("n_train"), info.get("n_test"))
+    if counts is not None and found_counts != tuple(counts):
+        raise DataError(f"toy data folder {root} holds {found_counts[0]} train and {found_counts[1]} test persons, but "
+                        f"the config asks for toy_train {counts[0]} and toy_test {counts[1]}: point data_root at "
+                        f"another folder (a missing one is generated), delete {root}, or set toy_train and toy_test "
+                        "to the folder's counts")
 
 
 def build_dataset(cfg, split: str = "train", pairing: str = "paired", cache_dir=None,
@@ -623,7 +629,8 @@ def build_dataset(cfg, split: str = "train", pairing: str = "paired", cache_dir=
     """The dataset a :class:`~ootd_lib.config.Config` names (generating the toy wardrobe first when the toy data
     folder is missing and ``generate`` is true; its seed: ``cfg.toy_seed``, else ``cfg.seed``). A toy wardrobe written
     with other garment families than ``cfg.toy_patterns``, or with another seed than a stated ``cfg.toy_seed``, is
-    refused: training or evaluating on it would silently use other people and garments."""
+    refused: training or evaluating on it would silently use other people and garments. A stated ``toy_seed`` also
+    refuses a wardrobe of other ``toy_train`` / ``toy_test`` counts (a recipe's wardrobe is all three)."""
     from .toydata import check_patterns
 
     root, patterns = Path(cfg.data_root), check_patterns(cfg.toy_patterns)
@@ -636,7 +643,8 @@ def build_dataset(cfg, split: str = "train", pairing: str = "paired", cache_dir=
         seed = cfg.seed if cfg.toy_seed is None else cfg.toy_seed
         generate_toy_dataset(root, layout=cfg.layout, n_train=cfg.toy_train, n_test=cfg.toy_test, seed=seed,
                              progress=False, patterns=patterns)
-    _check_toy_wardrobe(root, patterns, cfg.toy_seed)
+    counts = None if cfg.toy_seed is None else (cfg.toy_train, cfg.toy_test)
+    _check_toy_wardrobe(root, patterns, cfg.toy_seed, counts)
     if cfg.layout == "vitonhd":
         base = VitonHDDataset(root, split, pairing, size=cfg.resolution)
     else:

@@ -218,6 +218,11 @@ def test_toy_seed_generates_the_wardrobe_and_refuses_a_folder_of_another_seed(tm
     with pytest.raises(DataError, match=r"w holds the wardrobe of seed 2.*toy_seed 3.*set toy_seed to 2"):
         build_dataset(Config.for_profile("toy", data_root=str(tmp_path / "w"), toy_seed=3, **kw))
     assert len(build_dataset(Config.for_profile("toy", data_root=str(tmp_path / "w"), seed=3, **kw))) == 1
+    # a stated toy_seed names the counts too: a 512-person folder is not the 1 024 a recipe trains on
+    with pytest.raises(DataError, match=r"w holds 1 train and 0 test persons.*toy_train 2 and toy_test 0"):
+        build_dataset(Config.for_profile("toy", data_root=str(tmp_path / "w"), toy_seed=2, **dict(kw, toy_train=2)))
+    assert len(build_dataset(Config.for_profile("toy", data_root=str(tmp_path / "w"), seed=3,
+                                                 **dict(kw, toy_train=2)))) == 1  # no toy_seed: any wardrobe
     build_dataset(Config.for_profile("toy", data_root=str(tmp_path / "v"), seed=4, **kw))  # no toy_seed: seed
     assert json.loads((tmp_path / "v" / "toy_info.json").read_text())["seed"] == 4
     with pytest.raises(ConfigError, match="toy_seed"):
