@@ -1,7 +1,7 @@
 """Assemble assets/toy_checkpoint from the toy recipe's stages: one released-layout folder with both variants, one
 shared VAE and one set of encoders, as the release has.
 
-    python assets/assemble_toy_checkpoint.py --hd runs/toy_hd_more/pipeline --dc runs/toy_dc_stage5/pipeline \\
+    python assets/assemble_toy_checkpoint.py --hd runs/toy_hd_stage4/pipeline --dc runs/toy_dc_stage5/pipeline \\
         --vae runs/toy_vae_decoder4/vae
 
 ``--hd`` / ``--dc``: exported training runs (``<output_dir>/pipeline``); ``--vae``: the VAE to ship (a decoder trained

@@ -15,7 +15,8 @@ from ootd_lib.viz import read_loss_csv
 
 ASSETS = Path(__file__).resolve().parent
 STAGES = {  # variant: [(label, csv)], in training order
-    "hd": [("stage 2 (lr 1e-3)", "toy_hd_loss.csv"), ("stage 3 (lr 5e-4)", "toy_hd_more_loss.csv")],
+    "hd": [("stage 2 (lr 1e-3)", "toy_hd_loss.csv"), ("stage 3 (lr 5e-4)", "toy_hd_more_loss.csv"),
+           ("stage 4 (lr 3e-4, 2 048 new persons, EMA)", "toy_hd_stage4_loss.csv")],
     "dc": [("stage 2 (lr 1e-3)", "toy_dc_loss.csv"), ("stage 3 (lr 5e-4)", "toy_dc_more_loss.csv"),
            ("stage 4 (lr 3e-4)", "toy_dc_stage4_loss.csv"),
            ("stage 5 (lr 3e-4, 1 024 new persons)", "toy_dc_stage5_loss.csv")],
@@ -26,6 +27,7 @@ VAE_STAGES = {"VAE": [("1 (whole VAE, lr 1e-3)", "toy_vae_loss.csv"),
                       ("1d (decoder, persons only, lr 3e-4)", "toy_vae_decoder3_loss.csv"),
                       ("1e (decoder, persons only, lr 2e-4)", "toy_vae_decoder4_loss.csv")]}
 SMOOTH = 25
+STYLES = ("-", "--", ":", "-.", (0, (1, 4)), (0, (5, 2, 1, 2, 1, 2)), (0, (8, 3)))  # one per stage of a variant
 
 
 def plot(stages: dict, out: Path, ylabel: str, title: str):
@@ -33,7 +35,9 @@ def plot(stages: dict, out: Path, ylabel: str, title: str):
     ax = fig.subplots()
     for colour, (variant, runs) in zip(("tab:blue", "tab:orange"), stages.items()):
         offset = 0
-        for k, (style, (label, name)) in enumerate(zip(("-", "--", ":", "-.", (0, (1, 4))), runs)):
+        if len(runs) > len(STYLES):  # zip would drop the later stages without a word
+            raise ValueError(f"{variant}: {len(runs)} stages but {len(STYLES)} line styles; add styles")
+        for k, (style, (label, name)) in enumerate(zip(STYLES, runs)):
             steps, losses = read_loss_csv(ASSETS / name)
             mean = np.convolve(losses, np.ones(SMOOTH) / SMOOTH, "valid")
             ax.plot(np.asarray(steps[SMOOTH - 1:]) + offset, mean, linestyle=style,
