@@ -137,7 +137,8 @@ def vae_metrics(vae, dataset, limit: int | None = None) -> dict:
     cats, parse = [it["category"] for it in items], stack("target_parse")
     return dict(n=n, pixel_mae=float(mae), colour_error=float(garment_colour_error(rt, t01, parse, cats).mean()),
                 garment_pixel_error=float(garment_pixel_error(rt, t01, parse, cats).mean()),
-                masked_floor=float(vae_floor(vae, t01, stack("mask")).mean()))
+                # vae_floor(vae, t01, mask), from the round trip already made
+                masked_floor=float(masked_region_error(rt, t01, stack("mask")).mean()))
 
 
 def identification_candidates(n_test: int, garment: int, person: int, category: str, k: int = 16,

@@ -54,7 +54,7 @@ def jupyter_lab(tmp_path):
     (root / "notebooks").mkdir(parents=True)
     shutil.copy(REPO / "notebooks" / NOTEBOOK, root / "notebooks" / NOTEBOOK)
     port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, OOTD_PROFILE="toy", OOTD_TOY_STEPS="4", JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+    env = dict(os.environ, OOTD_PROFILE="toy", JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), PYTHONUNBUFFERED="1")
     log = open(tmp_path / "jupyter.log", "w")
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
@@ -105,7 +105,7 @@ def test_playground_in_jupyterlab(jupyter_lab, tmp_path):
     with sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000})
+            viewport={"width": 1400, "height": 2400})  # tall: the whole app fits the notebook panel
         try:
             page = browser.new_page()
             page.goto(f"{base}/lab/tree/notebooks/{NOTEBOOK}?token={token}", timeout=60_000)

@@ -195,4 +195,5 @@ def test_vae_metrics_and_evaluate_toy_on_an_untrained_model(toy16):
     assert r["n"] == 4 and r["chance"] == 1 / 16 and r["images"].shape == (4, 3, 128, 96)
     assert {"masked_error_other", "colour_error_other", "identification_other", "colour_ratio"} <= set(r)
     assert r["vae_floor"] == pytest.approx(sum(r["per_image"]["vae_floor"]) / 4)
+    assert m["masked_floor"] == pytest.approx(r["vae_floor"], rel=1e-5)  # one floor, whichever function reports it
     assert r["floor_ratio"] == pytest.approx(r["masked_error"] / r["vae_floor"])
