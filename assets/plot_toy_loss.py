@@ -19,7 +19,8 @@ STAGES = {  # variant: [(label, csv)], in training order
            ("stage 4 (lr 3e-4, 2 048 new persons, EMA)", "toy_hd_stage4_loss.csv")],
     "dc": [("stage 2 (lr 1e-3)", "toy_dc_loss.csv"), ("stage 3 (lr 5e-4)", "toy_dc_more_loss.csv"),
            ("stage 4 (lr 3e-4)", "toy_dc_stage4_loss.csv"),
-           ("stage 5 (lr 3e-4, 1 024 new persons)", "toy_dc_stage5_loss.csv")],
+           ("stage 5 (lr 3e-4, 1 024 new persons)", "toy_dc_stage5_loss.csv"),
+           ("stage 8 (lr 3e-4, new persons, lower_body greyed with a box)", "toy_dc_stage8_loss.csv")],
 }
 VAE_STAGES = {"VAE": [("1 (whole VAE, lr 1e-3)", "toy_vae_loss.csv"),
                       ("1b (decoder, lr 5e-4)", "toy_vae_decoder_loss.csv"),

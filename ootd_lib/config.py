@@ -26,6 +26,7 @@ LOSS_WEIGHTINGS = ("none", "truncated_snr")
 CATEGORIES = ("upper_body", "lower_body", "dresses")
 LAYOUTS = ("vitonhd", "dresscode")
 LORA_TARGETS = ("attn", "ff", "conv")  # layer groups LoRA adapters may go on (ootd_lib.lora.target_modules)
+TRAIN_OUTLINES = ("released", "hull", "box")  # training masks (ootd_lib.masking.training_mask)
 
 # Where the shipped toy checkpoint lives (released folder layout, see assets/README.md).
 TOY_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "toy_checkpoint"
@@ -56,6 +57,9 @@ class Config:
     # e.g. {lower_body: 2}: every training pair of that category appears twice per epoch (others once), so batches
     # lean towards a category the model finds hard (training only; the data on disk is unchanged)
     category_repeats: dict[str, int] | None = None
+    # e.g. {lower_body: box}: training pairs of that category are greyed with a coarser mask (hull | box) whose outline
+    # does not show the old garment's kind (ootd_lib.masking.training_mask); evaluation and inference keep the released
+    train_mask_outline: dict[str, str] | None = None
 
     # --- training (paper defaults where they apply) ----------------------------------------------------------
     output_dir: str = "runs/toy"
@@ -165,6 +169,9 @@ class Config:
             if n < 1:
                 raise ConfigError(f"config field category_repeats[{c}]={n!r} must be >= 1 (how many times each pair "
                                   "of that category appears per epoch)")
+        for c, outline in (self.train_mask_outline or {}).items():
+            check("train_mask_outline key", c, self.categories)
+            check(f"train_mask_outline[{c}]", outline, TRAIN_OUTLINES)
         if self.category_repeats is not None and all(n == 1 for n in self.category_repeats.values()):
             self.category_repeats = None  # repeats nothing: the same run as without, and a resume must see it so
         if self.lora_rank and (not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets)):

@@ -553,8 +553,9 @@ class MaskedTryOnDataset(torch.utils.data.Dataset):
     mask, what the model sees), ``category``, ``target`` (the image to reconstruct: the person itself when paired).
     """
 
-    def __init__(self, base, model_type: str = "hd", cache_dir=None):
-        self.base, self.model_type = base, model_type
+    def __init__(self, base, model_type: str = "hd", cache_dir=None, outlines: dict[str, str] | None = None):
+        # outlines: category -> training mask outline (ootd_lib.masking.training_mask); training sets only
+        self.base, self.model_type, self.outlines = base, model_type, dict(outlines or {})
         self.cache_dir = Path(cache_dir) if cache_dir else None
         if self.cache_dir:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -565,14 +566,17 @@ class MaskedTryOnDataset(torch.utils.data.Dataset):
     def mask(self, item) -> np.ndarray:
         import os
 
-        from .masking import agnostic_mask
+        from .masking import training_mask
 
         h, w = item["parse"].shape
-        name = f"{Path(item['person_name']).stem}_{item['category']}_{self.model_type}_{h}x{w}.png"
+        outline = self.outlines.get(item["category"], "released")
+        tag = "" if outline == "released" else f"_{outline}"
+        name = f"{Path(item['person_name']).stem}_{item['category']}_{self.model_type}_{h}x{w}{tag}.png"
         path = self.cache_dir / name if self.cache_dir else None
         if path is not None and path.is_file():
             return np.asarray(Image.open(path)) > 127
-        mask = agnostic_mask(item["parse"].numpy(), item["keypoints"].numpy(), item["category"], self.model_type)
+        mask = training_mask(item["parse"].numpy(), item["keypoints"].numpy(), item["category"], self.model_type,
+                             outline)
         if path is not None:  # write-then-rename: a crash never leaves a half-written cache file
             tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(tmp)
@@ -625,12 +629,13 @@ def _check_toy_wardrobe(root: Path, patterns, seed: int | None, counts: tuple[in
 
 
 def build_dataset(cfg, split: str = "train", pairing: str = "paired", cache_dir=None,
-                  generate: bool = True) -> MaskedTryOnDataset:
+                  generate: bool = True, outlines: dict[str, str] | None = None) -> MaskedTryOnDataset:
     """The dataset a :class:`~ootd_lib.config.Config` names (generating the toy wardrobe first when the toy data
     folder is missing and ``generate`` is true; its seed: ``cfg.toy_seed``, else ``cfg.seed``). A toy wardrobe written
     with other garment families than ``cfg.toy_patterns``, or with another seed than a stated ``cfg.toy_seed``, is
     refused: training or evaluating on it would silently use other people and garments. A stated ``toy_seed`` also
-    refuses a wardrobe of other ``toy_train`` / ``toy_test`` counts (a recipe's wardrobe is all three)."""
+    refuses a wardrobe of other ``toy_train`` / ``toy_test`` counts (a recipe's wardrobe is all three). ``outlines``:
+    coarser training masks per category (training passes ``cfg.train_mask_outline``; evaluation keeps the released)."""
     from .toydata import check_patterns
 
     root, patterns = Path(cfg.data_root), check_patterns(cfg.toy_patterns)
@@ -649,4 +654,4 @@ def build_dataset(cfg, split: str = "train", pairing: str = "paired", cache_dir=
         base = VitonHDDataset(root, split, pairing, size=cfg.resolution)
     else:
         base = DressCodeDataset(root, split, pairing, categories=cfg.categories, size=cfg.resolution)
-    return MaskedTryOnDataset(base, cfg.model_type, cache_dir)
+    return MaskedTryOnDataset(base, cfg.model_type, cache_dir, outlines)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import CATEGORIES, MODEL_TYPES
+from .config import CATEGORIES, MODEL_TYPES, TRAIN_OUTLINES
 from .errors import InputError
 
 ARM_WIDTH = {"hd": 60, "dc": 45}  # pixels at height 512
@@ -194,6 +194,32 @@ def mask_layers(parse, keypoints, category: str = "upper_body", model_type: str 
 def agnostic_mask(parse, keypoints, category: str = "upper_body", model_type: str = "hd") -> np.ndarray:
     """Boolean (H,W) mask of the pixels to repaint (True = repaint), the released rules at the parse map's size."""
     return mask_layers(parse, keypoints, category, model_type)["final"]
+
+
+def training_mask(parse, keypoints, category: str = "upper_body", model_type: str = "hd",
+                  outline: str = "released") -> np.ndarray:
+    """The mask a training pair is greyed with: the released mask, or a coarser one whose outline hides the old garment.
+
+    Why: the released lower_body mask is the old garment's dilated parse region plus the legs, so its outline still
+    shows a skirt or trousers, and paired training (where the target *is* the old garment) rewards painting whatever
+    the outline shows. ``hull``: the released mask's convex hull; ``box``: its bounding box. Both then lose what the
+    rules never repaint (``fixed``: shoes, the upper garment, arms, head) and keep their largest region. Inference
+    always uses the released mask (:func:`agnostic_mask`).
+    """
+    if outline not in TRAIN_OUTLINES:
+        raise InputError(f"training mask outline {outline!r} is not one of {TRAIN_OUTLINES}")
+    layers = mask_layers(parse, keypoints, category, model_type)
+    mask = layers["final"]
+    if outline == "released" or not mask.any():
+        return mask
+    points = cv2.findNonZero(mask.astype(np.uint8))
+    coarse = np.zeros(mask.shape, np.uint8)
+    if outline == "hull":
+        cv2.fillPoly(coarse, [cv2.convexHull(points)], 1)
+    else:
+        x, y, w, h = cv2.boundingRect(points)
+        coarse[y:y + h, x:x + w] = 1
+    return largest_region(coarse.astype(bool) & ~layers["fixed"])
 
 
 def masked_person(person, mask):

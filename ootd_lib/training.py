@@ -274,7 +274,7 @@ def training_data(cfg: Config, comps: dict, accelerator, dtype):
     repeats the pairs of the named categories."""
     with accelerator.main_process_first():
         dataset = build_dataset(cfg, cache_dir=cfg.mask_cache or Path(cfg.output_dir) / "mask_cache",
-                                generate=accelerator.is_main_process)
+                                generate=accelerator.is_main_process, outlines=cfg.train_mask_outline)
     categories = [pair[2] for pair in dataset.base.pairs]
     if cfg.cache_latents:
         dataset = cache_latents(dataset, comps, cfg.model_type, accelerator.device, dtype=dtype)

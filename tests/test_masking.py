@@ -7,7 +7,7 @@ from PIL import Image
 
 from ootd_lib.errors import InputError
 from ootd_lib.masking import (agnostic_mask, fill_holes, largest_region, mask_layers, masked_person,
-                              scaled_iterations)
+                              scaled_iterations, training_mask)
 
 H, W = 512, 384
 NAN = np.nan
@@ -204,6 +204,52 @@ def test_bad_inputs_raise_input_errors(bad):
     args = dict(parse=P, keypoints=kp, category="upper_body", model_type="hd") | bad
     with pytest.raises(InputError):
         agnostic_mask(**args)
+
+
+def _split_rows(mask, y0, y1) -> int:
+    """Rows in [y0, y1) where the mask is two or more separate runs (the gap between legs)."""
+    starts = np.diff(mask[y0:y1].astype(np.int8), axis=1) == 1
+    return int(((starts.sum(1) + mask[y0:y1, 0]) > 1).sum())
+
+
+def test_training_outlines_hide_skirt_versus_trousers():
+    """The reason for ``train_mask_outline``: one toy person (same body and pose) wearing trousers or a skirt. Between
+    knee and ankle the released lower_body mask of the skirt is the two bare legs with the background between them
+    showing, while the trousers' mask is one block, so the outline tells the model what the old garment was. The hull
+    and the box are one run on every such row for both kinds. Both cover the released mask except what the rules keep
+    (fixed), and never repaint a fixed pixel; the box is its bounding rectangle minus fixed pixels."""
+    from ootd_lib.toydata import COCO18, random_garment, random_person, render_person, wearing
+
+    def of_kind(rng, kind):
+        while (g := random_garment(rng, "lower_body")).kind != kind:
+            pass
+        return g
+
+    leg_gaps = {}
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        body = random_person(rng, "lower_body")
+        for kind in ("pants", "skirt"):
+            _, parse, kp = render_person(wearing(body, of_kind(rng, kind)), (128, 96))
+            knee, ankle = int(kp[COCO18.index("r_knee"), 1]), int(kp[COCO18.index("r_ank"), 1])
+            layers = mask_layers(parse, kp, "lower_body", "dc")
+            released, fixed = layers["final"], layers["fixed"]
+            leg_gaps[seed, kind] = _split_rows(released, knee, ankle)
+            for outline in ("hull", "box"):
+                m = training_mask(parse, kp, "lower_body", "dc", outline)
+                assert _split_rows(m, knee, ankle) == 0, (seed, kind, outline)
+                assert not (m & fixed).any() and not (released & ~m).any()
+            box = training_mask(parse, kp, "lower_body", "dc", "box")
+            ys, xs = np.nonzero(released)
+            rect = np.zeros_like(released)
+            rect[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+            assert np.array_equal(box | (rect & fixed), rect)
+            assert np.array_equal(training_mask(parse, kp, "lower_body", "dc"), released)
+    # the cue exists: most skirts show the leg gap over many rows, trousers almost never
+    assert sum(leg_gaps[s, "skirt"] >= 8 for s in range(8)) >= 5
+    assert sum(leg_gaps[s, "skirt"] for s in range(8)) > 3 * sum(leg_gaps[s, "pants"] for s in range(8))
+    with pytest.raises(InputError, match="outline"):
+        training_mask(parse, kp, "lower_body", "dc", "circle")
 
 
 def test_masked_person_fills_grey_for_every_input_type():

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -215,6 +216,46 @@ def test_category_repeats_lean_the_training_set_towards_a_category(toy_dresscode
             tiny_config(toy_dresscode, tmp_path / "bad", category_repeats=bad, **kw)
     with pytest.raises(ConfigError, match="category_repeats"):  # a category this run does not train on
         tiny_config(toy_dresscode, tmp_path / "bad", category_repeats={"dresses": 2},
+                    **dict(kw, categories=("upper_body",)))
+
+
+def test_train_mask_outline_greys_that_category_with_the_coarser_mask(toy_dresscode, tmp_path):
+    """``train_mask_outline: {lower_body: box}``: the training set greys lower_body pairs with
+    :func:`~ootd_lib.masking.training_mask`'s box and every other pair with the released mask, from its own cache files
+    (a released cache in the same folder is neither read nor overwritten); evaluation data keeps the released mask.
+    An unknown outline, or a category the run does not train, is a ConfigError."""
+    from ootd_lib.data import build_dataset
+    from ootd_lib.masking import GREY, training_mask
+
+    kw = dict(layout="dresscode", model_type="dc", categories=("upper_body", "lower_body", "dresses"),
+              cache_latents=False, mask_cache=str(tmp_path / "masks"))
+    accelerator = training.make_accelerator(tiny_config(toy_dresscode, tmp_path / "plain", **kw))
+    plain = training.training_data(tiny_config(toy_dresscode, tmp_path / "plain", **kw), {}, accelerator,
+                                   torch.float32)
+    cfg = tiny_config(toy_dresscode, tmp_path / "box", train_mask_outline={"lower_body": "box"}, **kw)
+    boxed = training.training_data(cfg, {}, accelerator, torch.float32)
+    seen = set()
+    for i, pair in enumerate(boxed.base.pairs):
+        item, base = boxed[i], boxed.base[i]
+        want = training_mask(base["parse"].numpy(), base["keypoints"].numpy(), pair[2], "dc",
+                             "box" if pair[2] == "lower_body" else "released")
+        assert np.array_equal(item["mask"][0].numpy() > 0, want)
+        assert torch.equal(item["masked"][:, torch.from_numpy(want)],
+                           torch.full_like(item["masked"][:, torch.from_numpy(want)], GREY / 127.5 - 1))
+        same = torch.equal(item["mask"], plain[i]["mask"])
+        assert same == (pair[2] != "lower_body"), pair  # the box is larger than every released lower_body mask
+        seen.add(pair[2])
+    assert seen == {"upper_body", "lower_body", "dresses"}
+    test = build_dataset(cfg, split="test", pairing="unpaired", cache_dir=cfg.mask_cache)
+    lower = next(i for i, p in enumerate(test.base.pairs) if p[2] == "lower_body")
+    base = test.base[lower]
+    assert np.array_equal(test[lower]["mask"][0].numpy() > 0,
+                          training_mask(base["parse"].numpy(), base["keypoints"].numpy(), "lower_body", "dc"))
+    for bad in ({"lower_body": "circle"}, {"shoes": "box"}):
+        with pytest.raises(ConfigError, match="train_mask_outline"):
+            tiny_config(toy_dresscode, tmp_path / "bad", train_mask_outline=bad, **kw)
+    with pytest.raises(ConfigError, match="train_mask_outline"):
+        tiny_config(toy_dresscode, tmp_path / "bad", train_mask_outline={"lower_body": "box"},
                     **dict(kw, categories=("upper_body",)))
 
 
