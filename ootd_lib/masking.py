@@ -203,8 +203,8 @@ def training_mask(parse, keypoints, category: str = "upper_body", model_type: st
     Why: the released lower_body mask is the old garment's dilated parse region plus the legs, so its outline still
     shows a skirt or trousers, and paired training (where the target *is* the old garment) rewards painting whatever
     the outline shows. ``hull``: the released mask's convex hull; ``box``: its bounding box. Both then lose what the
-    rules never repaint (``fixed``: shoes, the upper garment, arms, head) and keep their largest region. Inference
-    always uses the released mask (:func:`agnostic_mask`).
+    rules never repaint (``fixed``; for lower_body the shoes, the upper garment, the arms and the head) and
+    keep their largest region. Inference always uses the released mask (:func:`agnostic_mask`).
     """
     if outline not in TRAIN_OUTLINES:
         raise InputError(f"training mask outline {outline!r} is not one of {TRAIN_OUTLINES}")
