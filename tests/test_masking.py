@@ -235,15 +235,14 @@ def test_training_outlines_hide_skirt_versus_trousers():
             layers = mask_layers(parse, kp, "lower_body", "dc")
             released, fixed = layers["final"], layers["fixed"]
             leg_gaps[seed, kind] = _split_rows(released, knee, ankle)
-            for outline in ("hull", "box"):
-                m = training_mask(parse, kp, "lower_body", "dc", outline)
+            coarse = {o: training_mask(parse, kp, "lower_body", "dc", o) for o in ("hull", "box")}
+            for outline, m in coarse.items():
                 assert _split_rows(m, knee, ankle) == 0, (seed, kind, outline)
                 assert not (m & fixed).any() and not (released & ~m).any()
-            box = training_mask(parse, kp, "lower_body", "dc", "box")
             ys, xs = np.nonzero(released)
             rect = np.zeros_like(released)
             rect[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
-            assert np.array_equal(box | (rect & fixed), rect)
+            assert np.array_equal(coarse["box"] | (rect & fixed), rect)
             assert np.array_equal(training_mask(parse, kp, "lower_body", "dc"), released)
     # the cue exists: most skirts show the leg gap over many rows, trousers almost never
     assert sum(leg_gaps[s, "skirt"] >= 8 for s in range(8)) >= 5
