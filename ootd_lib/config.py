@@ -40,6 +40,8 @@ class Config:
     resolution: tuple[int, int] = (128, 96)  # (H, W) of images fed to the model
     pretrained: str | None = None  # sd15: SD-1.5 folder or repo id; official: checkpoints folder or repo id
     clip_model: str | None = None  # official: CLIP ViT-L/14 folder or repo id (default openai/clip-vit-large-patch14)
+    # toy only: the UNets' widths per level (models.toy_unet_config); each a multiple of 16 (GroupNorm groups)
+    toy_unet_channels: tuple[int, int, int] = (32, 64, 64)
 
     # --- data --------------------------------------------------------------------------------------------------
     data_root: str = "data/toy_vitonhd"
@@ -186,6 +188,9 @@ class Config:
         if h <= 0 or w <= 0 or h % 8 or w % 8:
             raise ConfigError(f"config field resolution={list(self.resolution)!r} must be [H, W], both positive "
                               "multiples of 8")
+        if len(self.toy_unet_channels) != 3 or any(c <= 0 or c % 16 for c in self.toy_unet_channels):
+            raise ConfigError(f"config field toy_unet_channels={list(self.toy_unet_channels)!r} must be three widths, "
+                              "each a positive multiple of 16 (the toy UNets' GroupNorm groups), e.g. [32, 64, 64]")
         if self.toy_patterns is not None and not self.toy_patterns:  # the names are checked by the toy generator
             raise ConfigError("config field toy_patterns=[] must name one or more garment families, or be null "
                               "(the default families)")
@@ -245,6 +250,7 @@ class Config:
         d = dataclasses.asdict(self)
         d["resolution"] = list(self.resolution)
         d["categories"] = list(self.categories)
+        d["toy_unet_channels"] = list(self.toy_unet_channels)
         d["lora_targets"] = list(self.lora_targets)
         d["toy_patterns"] = list(self.toy_patterns) if self.toy_patterns is not None else None
         d["vae_pretrain_crop"] = list(self.vae_pretrain_crop) if self.vae_pretrain_crop is not None else None

@@ -118,13 +118,14 @@ TOY_DIM = 64  # text/image embedding width = UNet cross_attention_dim
 TOY_LATENT_CHANNELS = 16  # the toy VAE's latents (SD-1.5: 4); the UNets' in/out channels follow
 
 
-def toy_unet_config(latent_channels: int = TOY_LATENT_CHANNELS, vton: bool = False) -> dict:
-    """Tiny SD-like UNet (~1.5 M parameters): 3 levels, cross-attention in the two upper ones and the mid block →
-    7 fused transformer blocks (SD-1.5 has 16). The vton UNet takes ``cat[noisy, person]``, twice the latent
-    channels. All toy components together stay under 20 MB in fp32."""
+def toy_unet_config(latent_channels: int = TOY_LATENT_CHANNELS, vton: bool = False,
+                    channels: tuple[int, int, int] = (32, 64, 64)) -> dict:
+    """Tiny SD-like UNet (~1.5 M parameters at the default ``channels``): 3 levels, cross-attention in the two upper
+    ones and the mid block → 7 fused transformer blocks (SD-1.5 has 16). The vton UNet takes ``cat[noisy, person]``,
+    twice the latent channels. All toy components together stay under 20 MB in fp32."""
     in_channels = 2 * latent_channels if vton else latent_channels
     return dict(sample_size=16, in_channels=in_channels, out_channels=latent_channels, layers_per_block=1,
-                block_out_channels=(32, 64, 64),
+                block_out_channels=tuple(channels),
                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
                 cross_attention_dim=TOY_DIM, attention_head_dim=8, norm_num_groups=16)
@@ -186,16 +187,17 @@ def toy_feature_extractor() -> CLIPImageProcessor:
                               do_center_crop=True, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD)
 
 
-def build_toy_components(seed: int = 0) -> dict:
-    """Tiny randomly initialised components (deterministic for ``seed``), same keys as the other builders."""
+def build_toy_components(seed: int = 0, unet_channels: tuple[int, int, int] = (32, 64, 64)) -> dict:
+    """Tiny randomly initialised components (deterministic for ``seed``), same keys as the other builders. The
+    encoders are drawn before the UNets, so ``unet_channels`` leaves them as they are for the same ``seed``."""
     tokenizer = CLIPTokenizer.from_pretrained(TOY_TOKENIZER)
     with torch.random.fork_rng(devices=[]):  # don't disturb the caller's global RNG stream
         torch.manual_seed(seed)
         vae = AutoencoderTiny(**toy_vae_config())
         text_encoder = CLIPTextModel(toy_text_config(tokenizer))
         image_encoder = CLIPVisionModelWithProjection(toy_vision_config())
-        unet_garm = UNet2DConditionModel(**toy_unet_config())
-        unet_vton = UNet2DConditionModel(**toy_unet_config(vton=True))
+        unet_garm = UNet2DConditionModel(**toy_unet_config(channels=unet_channels))
+        unet_vton = UNet2DConditionModel(**toy_unet_config(vton=True, channels=unet_channels))
     for m in (vae, text_encoder, image_encoder, unet_garm, unet_vton):
         m.eval()
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,

@@ -225,9 +225,15 @@ def build_components(cfg: Config) -> dict:
     if cfg.profile == "toy" and cfg.init_unets and not (Path(cfg.init_unets) / "unet_garm").is_dir():
         # a trained toy checkpoint (released layout): its frozen encoders belong to its UNets, so they come along
         # (building them from cfg.seed would pair the UNets with encoders they were never trained with)
-        return load_official_components(cfg.init_unets, cfg.model_type, clip_model=cfg.clip_model)
+        comps = load_official_components(cfg.init_unets, cfg.model_type, clip_model=cfg.clip_model)
+        widths = tuple(comps["unet_vton"].config.block_out_channels)
+        if widths != tuple(cfg.toy_unet_channels):
+            raise ConfigError(f"init_unets {cfg.init_unets} holds UNets of widths {list(widths)}, but config field "
+                              f"toy_unet_channels is {list(cfg.toy_unet_channels)}; set toy_unet_channels: "
+                              f"{list(widths)} to continue them")
+        return comps
     if cfg.profile == "toy":
-        comps = build_toy_components(cfg.seed)
+        comps = build_toy_components(cfg.seed, cfg.toy_unet_channels)
     elif cfg.profile == "sd15":
         comps = build_sd15_components(cfg.pretrained, clip_model=cfg.clip_model or "openai/clip-vit-large-patch14")
     else:

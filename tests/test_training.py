@@ -686,6 +686,8 @@ def test_init_unets_starts_a_run_from_trained_unets_keeps_their_latent_mask_and_
         load_unets(unets, like=(other, other))
     with pytest.raises(WeightsError, match="holds neither"):
         load_unets(unets / "unet_garm")  # one level too deep: neither unet_garm/ inside nor a released layout
+    with pytest.raises(ConfigError, match=r"widths \[32, 64, 64\].*toy_unet_channels: \[32, 64, 64\]"):
+        build_components(tiny_config(tiny_data, tmp_path / "third", init_unets=str(src), toy_unet_channels=(48, 96, 96)))
     # the export keeps the latent mask of the folder it started from (the toy checkpoint's any), else nearest
     index = src / "checkpoints" / "ootd" / "model_index.json"
     assert json.loads(index.read_text())["latent_mask"] == "nearest"  # trained from scratch: as released
@@ -693,6 +695,30 @@ def test_init_unets_starts_a_run_from_trained_unets_keeps_their_latent_mask_and_
     cfg = tiny_config(tiny_data, tmp_path / "second", init_unets=str(src), seed=11)
     again = training.export_pipeline(cfg, comps, (comps["unet_garm"], comps["unet_vton"]))
     assert OOTDPipeline.from_pretrained(again).config.latent_mask == "any"
+
+
+def test_toy_unet_channels_widens_both_unets_and_leaves_the_encoders_of_the_seed():
+    """``toy_unet_channels`` sets the toy UNets' widths per level; the frozen encoders are drawn before the UNets, so
+    for one seed they are the same at every width (a wider run conditions on what the shipped UNets saw). Widths
+    GroupNorm cannot split into 16 groups are a ConfigError."""
+    from ootd_lib.training import build_components
+
+    narrow = build_components(Config.for_profile("toy", seed=5))
+    wide = build_components(Config.for_profile("toy", seed=5, toy_unet_channels=(48, 96, 96)))
+    for name in ("unet_garm", "unet_vton"):
+        assert tuple(narrow[name].config.block_out_channels) == (32, 64, 64)
+        assert tuple(wide[name].config.block_out_channels) == (48, 96, 96)
+        assert wide[name].conv_in.weight.shape[0] == 48
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(wide["unet_vton"]) > 2 * count(narrow["unet_vton"])
+    for name in ("text_encoder", "image_encoder", "vae"):
+        for (k, a), b in zip(narrow[name].state_dict().items(), wide[name].state_dict().values()):
+            assert torch.equal(a, b), (name, k)
+    assert Config.from_dict(Config.for_profile("toy", toy_unet_channels=(48, 96, 96)).to_dict()).toy_unet_channels \
+        == (48, 96, 96)
+    for bad in [(32, 64), (32, 64, 72), (0, 64, 64)]:
+        with pytest.raises(ConfigError, match="toy_unet_channels"):
+            Config.for_profile("toy", toy_unet_channels=bad)
 
 
 # --- memory-lean full fine-tuning switches (issue 16, item 3) ----------------------------------------------------------
