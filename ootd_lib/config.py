@@ -27,6 +27,7 @@ CATEGORIES = ("upper_body", "lower_body", "dresses")
 LAYOUTS = ("vitonhd", "dresscode")
 LORA_TARGETS = ("attn", "ff", "conv")  # layer groups LoRA adapters may go on (ootd_lib.lora.target_modules)
 TRAIN_OUTLINES = ("released", "hull", "box")  # training masks (ootd_lib.masking.training_mask)
+TOY_UNET_CHANNELS = (32, 64, 64)  # the shipped toy UNets' widths per level (ootd_lib.models.toy_unet_config)
 
 # Where the shipped toy checkpoint lives (released folder layout, see assets/README.md).
 TOY_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "toy_checkpoint"
@@ -41,7 +42,7 @@ class Config:
     pretrained: str | None = None  # sd15: SD-1.5 folder or repo id; official: checkpoints folder or repo id
     clip_model: str | None = None  # official: CLIP ViT-L/14 folder or repo id (default openai/clip-vit-large-patch14)
     # toy only: the UNets' widths per level (models.toy_unet_config); each a multiple of 16 (GroupNorm groups)
-    toy_unet_channels: tuple[int, int, int] = (32, 64, 64)
+    toy_unet_channels: tuple[int, int, int] = TOY_UNET_CHANNELS
 
     # --- data --------------------------------------------------------------------------------------------------
     data_root: str = "data/toy_vitonhd"

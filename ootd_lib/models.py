@@ -27,6 +27,7 @@ try:  # transformers >= 5: the PIL implementation by name. There the plain name 
 except ImportError:  # transformers 4: CLIPImageProcessor is the PIL implementation
     from transformers import CLIPImageProcessor
 
+from .config import TOY_UNET_CHANNELS
 from .errors import InputError, WeightsError
 from .fusion import OutfittingFusion
 from .hub import CLIP_REPO, OFFICIAL_REPO, check_weight_file, redownload_hint, resolve_files
@@ -119,10 +120,10 @@ TOY_LATENT_CHANNELS = 16  # the toy VAE's latents (SD-1.5: 4); the UNets' in/out
 
 
 def toy_unet_config(latent_channels: int = TOY_LATENT_CHANNELS, vton: bool = False,
-                    channels: tuple[int, int, int] = (32, 64, 64)) -> dict:
+                    channels: tuple[int, int, int] = TOY_UNET_CHANNELS) -> dict:
     """Tiny SD-like UNet (~1.5 M parameters at the default ``channels``): 3 levels, cross-attention in the two upper
     ones and the mid block → 7 fused transformer blocks (SD-1.5 has 16). The vton UNet takes ``cat[noisy, person]``,
-    twice the latent channels. All toy components together stay under 20 MB in fp32."""
+    twice the latent channels. At the default widths all toy components together stay under 20 MB in fp32."""
     in_channels = 2 * latent_channels if vton else latent_channels
     return dict(sample_size=16, in_channels=in_channels, out_channels=latent_channels, layers_per_block=1,
                 block_out_channels=tuple(channels),
@@ -187,7 +188,7 @@ def toy_feature_extractor() -> CLIPImageProcessor:
                               do_center_crop=True, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD)
 
 
-def build_toy_components(seed: int = 0, unet_channels: tuple[int, int, int] = (32, 64, 64)) -> dict:
+def build_toy_components(seed: int = 0, unet_channels: tuple[int, int, int] = TOY_UNET_CHANNELS) -> dict:
     """Tiny randomly initialised components (deterministic for ``seed``), same keys as the other builders. The
     encoders are drawn before the UNets, so ``unet_channels`` leaves them as they are for the same ``seed``."""
     tokenizer = CLIPTokenizer.from_pretrained(TOY_TOKENIZER)
