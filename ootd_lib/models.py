@@ -501,10 +501,13 @@ def _swap_in(tmp: Path, folder: Path) -> Path:
     return folder
 
 
-def add_variant(folder, unet_garm, unet_vton, variant: str) -> Path:
+def add_variant(folder, unet_garm, unet_vton, variant: str, dtype: torch.dtype | None = None) -> Path:
     """Add (or replace) one variant's UNets in a released-layout folder written by :func:`save_components`:
     ``checkpoints/ootd/ootd_<variant>/checkpoint-36000/unet_{garm,vton}``. The release keeps both variants beside one
-    VAE and one set of encoders; so does the toy checkpoint. Written to a temporary folder and renamed into place."""
+    VAE and one set of encoders; so does the toy checkpoint. Written to a temporary folder and renamed into place.
+
+    ``dtype``: store copies of the UNets in it (``torch.float16`` halves the files, as the release's ``.fp16``
+    variants do); the UNets passed in are left as they are. The loaders read such weights back as float32."""
     import tempfile
 
     from .config import MODEL_TYPES
@@ -516,8 +519,10 @@ def add_variant(folder, unet_garm, unet_vton, variant: str) -> Path:
         raise WeightsError(f"{folder} is not a released-layout folder (checkpoints/ootd/vae missing); write one with "
                            "save_components first")
     tmp = Path(tempfile.mkdtemp(prefix=f".ootd_{variant}.", dir=ootd))
-    unet_garm.save_pretrained(tmp / OFFICIAL_CHECKPOINT / "unet_garm")
-    unet_vton.save_pretrained(tmp / OFFICIAL_CHECKPOINT / "unet_vton")
+    for name, unet in (("unet_garm", unet_garm), ("unet_vton", unet_vton)):
+        if dtype is not None:  # torch's own .to: diffusers' warns of float32-only modules, which UNets have none of
+            unet = torch.nn.Module.to(copy.deepcopy(unet), dtype)
+        unet.save_pretrained(tmp / OFFICIAL_CHECKPOINT / name)
     return _swap_in(tmp, ootd / f"ootd_{variant}")
 
 

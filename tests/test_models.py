@@ -207,6 +207,44 @@ def test_save_components_round_trips_through_the_official_loader(toy, tmp_path):
         load_profile_components("huge")
 
 
+def test_a_stage_kept_in_float16_loads_back_as_the_rounded_float32_unets(toy, tmp_path):
+    """assets/assemble_toy_checkpoint.py keeps a stage (and the shipped checkpoint) with float16 UNets: half the bytes,
+    read back as float32 equal to the trained weights rounded to float16, the VAE and encoders untouched; the trained
+    UNets passed in stay float32."""
+    import importlib.util
+    from pathlib import Path
+
+    from ootd_lib.models import load_official_components, save_components
+
+    spec = importlib.util.spec_from_file_location(
+        "assemble", Path(__file__).resolve().parents[1] / "assets" / "assemble_toy_checkpoint.py")
+    assemble = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(assemble)
+    from ootd_lib.training import _write_model_index
+
+    run = save_components(toy, tmp_path / "run" / "pipeline", variant="hd")  # as `ootd train` exports a run
+    _write_model_index(run / "checkpoints/ootd", type(toy["vae"]).__name__, height=128, width=96, model_type="hd")
+    stage = assemble.main(run, out=tmp_path / "stages" / "hd", unet_dtype=torch.float16)
+
+    def size(folder, variant="hd"):
+        return sum(f.stat().st_size for f in (folder / f"checkpoints/ootd/ootd_{variant}").rglob("*.safetensors"))
+
+    assert 0.45 < size(stage) / size(run) < 0.55
+    loaded = load_official_components(stage, "hd")
+    for name in ("unet_garm", "unet_vton"):
+        assert {p.dtype for p in loaded[name].parameters()} == {torch.float32}
+        assert {p.dtype for p in toy[name].parameters()} == {torch.float32}
+        want = {k: v.half().float() for k, v in toy[name].state_dict().items()}
+        assert all(torch.equal(v, want[k]) for k, v in loaded[name].state_dict().items()), name
+        # the rounding is real (a float32 copy would pass the line above only if nothing was rounded)
+        assert not all(torch.equal(v, want[k]) for k, v in toy[name].state_dict().items())
+    for name in ("vae", "text_encoder", "image_encoder"):
+        assert same_weights(loaded[name], toy[name]), name
+    index = json.loads((stage / "checkpoints/ootd/model_index.json").read_text())
+    assert (index["latent_mask"], index["height"], index["width"]) == ("any", 128, 96)
+    assert not list((tmp_path / "stages").glob(".*"))  # no temporary folders left behind
+
+
 def test_hub_download_asks_only_for_the_needed_files(mini_official, monkeypatch):
     """The hub path with the hub faked by the miniature folders: only the chosen variant's files are requested."""
     import huggingface_hub
