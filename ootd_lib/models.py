@@ -376,6 +376,12 @@ def _official_root(path_or_repo) -> tuple[str | Path, str]:
     return path_or_repo, "checkpoints/"
 
 
+def held_variants(folder) -> list[str]:
+    """The variants (``hd``, ``dc``) whose UNets a local released-layout folder holds."""
+    _, pre = _official_root(Path(folder))
+    return [v for v in ("hd", "dc") if (Path(folder) / pre / "ootd" / f"ootd_{v}").is_dir()]
+
+
 def official_variant(path_or_repo, variant: str | None = None) -> str:
     """``variant`` (hd | dc) checked against what a local released-layout folder holds; ``None`` picks hd, or the
     folder's only variant (a folder with just ``ootd_dc/`` needs no ``--variant dc``)."""
@@ -384,8 +390,7 @@ def official_variant(path_or_repo, variant: str | None = None) -> str:
     local = Path(str(path_or_repo)).expanduser()
     if not local.is_dir():
         return variant or "hd"
-    _, pre = _official_root(local)
-    held = [v for v in ("hd", "dc") if (local / pre / "ootd" / f"ootd_{v}").is_dir()]
+    held, pre = held_variants(local), _official_root(local)[1]
     if variant is None:
         return held[0] if len(held) == 1 else "hd"
     if held and variant not in held:

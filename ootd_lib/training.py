@@ -220,12 +220,16 @@ def build_components(cfg: Config) -> dict:
     """Starting weights of the configured profile (the toy VAE is replaced in :func:`frozen_components`), with the
     UNets of ``init_unets`` when set. For the toy profile, an ``init_unets`` in the released layout gives every
     component (its encoders were trained with its UNets); a ``checkpoint-N`` folder only the UNets."""
-    from .models import build_sd15_components, build_toy_components, load_official_components, load_unets
+    from .models import (build_sd15_components, build_toy_components, held_variants, load_official_components,
+                         load_unets)
 
     if cfg.profile == "toy" and cfg.init_unets and not (Path(cfg.init_unets) / "unet_garm").is_dir():
         # a trained toy checkpoint (released layout): its frozen encoders belong to its UNets, so they come along
-        # (building them from cfg.seed would pair the UNets with encoders they were never trained with)
-        comps = load_official_components(cfg.init_unets, cfg.model_type, clip_model=cfg.clip_model)
+        # (building them from cfg.seed would pair the UNets with encoders they were never trained with). A folder
+        # that holds only the other variant starts the run from that one: a dc run fine-tuned from hd UNets
+        held = held_variants(cfg.init_unets) if Path(cfg.init_unets).is_dir() else []
+        variant = cfg.model_type if cfg.model_type in held or len(held) != 1 else held[0]
+        comps = load_official_components(cfg.init_unets, variant, clip_model=cfg.clip_model)
         widths = tuple(comps["unet_vton"].config.block_out_channels)
         if widths != tuple(cfg.toy_unet_channels):
             raise ConfigError(f"init_unets {cfg.init_unets} holds UNets of widths {list(widths)}, but config field "

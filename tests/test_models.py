@@ -243,6 +243,13 @@ def test_a_stage_kept_in_float16_loads_back_as_the_rounded_float32_unets(toy, tm
     index = json.loads((stage / "checkpoints/ootd/model_index.json").read_text())
     assert (index["latent_mask"], index["height"], index["width"]) == ("any", 128, 96)
     assert not list((tmp_path / "stages").glob(".*"))  # no temporary folders left behind
+    # a dc line's stage alone, likewise
+    dc_run = save_components(toy, tmp_path / "dc_run" / "pipeline", variant="dc")
+    _write_model_index(dc_run / "checkpoints/ootd", type(toy["vae"]).__name__, model_type="dc")
+    dc_stage = assemble.main(dc=dc_run, out=tmp_path / "stages" / "dc", unet_dtype=torch.float16)
+    assert 0.45 < size(dc_stage, "dc") / size(dc_run, "dc") < 0.55 and not (dc_stage / "checkpoints/ootd/ootd_hd").exists()
+    with pytest.raises(InputError, match="--hd, --dc or both"):
+        assemble.main(out=tmp_path / "stages" / "none")
 
 
 def test_hub_download_asks_only_for_the_needed_files(mini_official, monkeypatch):

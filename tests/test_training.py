@@ -676,6 +676,10 @@ def test_init_unets_starts_a_run_from_trained_unets_keeps_their_latent_mask_and_
     for name in ("text_encoder", "image_encoder"):
         for k, v in comps[name].state_dict().items():
             assert torch.equal(v, shipped[name].state_dict()[k]), (name, k)
+    # a dc run may start from a folder of hd UNets only (the wide toy dc line does), and then takes those
+    dc = build_components(tiny_config(tiny_data, tmp_path / "dc", init_unets=str(src), model_type="dc",
+                                      layout="dresscode"))
+    assert all(torch.equal(v, trained[f"unet_vton.{k}"]) for k, v in dc["unet_vton"].state_dict().items())
     # a checkpoint-N folder (holding unet_garm/, unet_vton/) works too
     unets = src / "checkpoints" / "ootd" / "ootd_hd" / "checkpoint-36000"
     assert torch.equal(load_unets(unets)["unet_vton"].conv_in.weight, comps["unet_vton"].conv_in.weight)
