@@ -227,8 +227,8 @@ def build_components(cfg: Config) -> dict:
         # a trained toy checkpoint (released layout): its frozen encoders belong to its UNets, so they come along
         # (building them from cfg.seed would pair the UNets with encoders they were never trained with). A folder
         # that holds only the other variant starts the run from that one: a dc run fine-tuned from hd UNets
-        held = held_variants(cfg.init_unets) if Path(cfg.init_unets).is_dir() else []
-        variant = cfg.model_type if cfg.model_type in held or len(held) != 1 else held[0]
+        held = held_variants(cfg.init_unets)
+        variant = held[0] if len(held) == 1 else cfg.model_type
         comps = load_official_components(cfg.init_unets, variant, clip_model=cfg.clip_model)
         widths = tuple(comps["unet_vton"].config.block_out_channels)
         if widths != tuple(cfg.toy_unet_channels):

@@ -215,13 +215,12 @@ def test_a_stage_kept_in_float16_loads_back_as_the_rounded_float32_unets(toy, tm
     from pathlib import Path
 
     from ootd_lib.models import load_official_components, save_components
+    from ootd_lib.training import _write_model_index
 
     spec = importlib.util.spec_from_file_location(
         "assemble", Path(__file__).resolve().parents[1] / "assets" / "assemble_toy_checkpoint.py")
     assemble = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(assemble)
-    from ootd_lib.training import _write_model_index
-
     run = save_components(toy, tmp_path / "run" / "pipeline", variant="hd")  # as `ootd train` exports a run
     _write_model_index(run / "checkpoints/ootd", type(toy["vae"]).__name__, height=128, width=96, model_type="hd")
     stage = assemble.main(run, out=tmp_path / "stages" / "hd", unet_dtype=torch.float16)
