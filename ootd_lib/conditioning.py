@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from .errors import InputError
+from .masking import mask_to_latents
 
 __all__ = ["encode_latents", "encode_repaint_target", "decode_latents", "garment_image_embeds",
            "prompt_from_image_embeds", "encode_prompt", "category_word", "CATEGORY_WORDS"]
@@ -135,9 +136,11 @@ __all__ += ["encode_batch", "cache_latents", "CachedLatents"]
 
 
 @torch.no_grad()
-def encode_batch(batch: dict, comps: dict, model_type: str, device, dtype=torch.float32) -> dict:
+def encode_batch(batch: dict, comps: dict, model_type: str, device, dtype=torch.float32,
+                 latent_mask: str | None = None) -> dict:
     """A :class:`~ootd_lib.data.MaskedTryOnDataset` batch → target latents (scaled), masked-person and garment latents
-    (unscaled) and the CLIP-image prompt.
+    (unscaled) and the CLIP-image prompt; with ``latent_mask`` (a mode of :func:`~ootd_lib.masking.mask_to_latents`)
+    also ``mask``, the agnostic mask on the latent grid as repaint will see it.
 
     The frozen encoders run in whatever dtype they were cast to (``weight_dtype`` under mixed precision); the results
     come back in float32, the dtype of the loss target and of the trained UNets' master weights (autocast lowers the
@@ -149,6 +152,8 @@ def encode_batch(batch: dict, comps: dict, model_type: str, device, dtype=torch.
     out = dict(target=encode_repaint_target(vae, batch["target"].to(device, dtype)),
                person=encode_latents(vae, batch["masked"].to(device, dtype)),
                garment=encode_latents(vae, garment), prompt=prompt)
+    if latent_mask is not None:
+        out["mask"] = mask_to_latents(batch["mask"].to(device), out["target"].shape[-2:], latent_mask)
     return {k: v.float() for k, v in out.items()}
 
 
@@ -167,10 +172,11 @@ class CachedLatents(torch.utils.data.Dataset):
 
 @torch.no_grad()
 def cache_latents(dataset, comps: dict, model_type: str, device, batch_size: int = 16,
-                  dtype=torch.float32) -> CachedLatents:
+                  dtype=torch.float32, latent_mask: str | None = None) -> CachedLatents:
     """Encode the whole dataset once (frozen encoders, no augmentation → the encodings never change).
 
     The toy recipe uses this: on CPU the VAE encoder would otherwise cost as much as the UNets per step."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    parts = [{k: v.cpu() for k, v in encode_batch(b, comps, model_type, device, dtype).items()} for b in loader]
+    parts = [{k: v.cpu() for k, v in encode_batch(b, comps, model_type, device, dtype, latent_mask).items()}
+             for b in loader]
     return CachedLatents({k: torch.cat([p[k] for p in parts]) for k in parts[0]})

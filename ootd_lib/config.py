@@ -78,7 +78,9 @@ class Config:
     train_batch_size: int = 64  # global batch = train_batch_size (per process × processes × accumulation)
     gradient_accumulation_steps: int = 1
     outfitting_dropout: float = 0.1
+    prompt_dropout: float = 0.0  # zero the prompt's image token of a training sample (0: paper; training.training_step)
     loss_weighting: str = "none"  # none (paper: plain ε-MSE) | truncated_snr (see training.loss_weights)
+    loss_outside_mask: float = 1.0  # weight of the latent cells repaint keeps (1: paper; 0: training.training_step)
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
@@ -208,7 +210,7 @@ class Config:
         positive("learning_rate", "adam_epsilon", "vae_pretrain_lr")
         fraction("adam_beta1", "adam_beta2", "lora_dropout", top_open=True)
         # p = 1 (garment always dropped) is allowed for the ablation baseline only: such a model ignores the garment
-        fraction("outfitting_dropout", "ema_decay")
+        fraction("outfitting_dropout", "ema_decay", "loss_outside_mask", "prompt_dropout")
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod

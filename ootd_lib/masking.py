@@ -21,9 +21,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from .config import CATEGORIES, MODEL_TYPES, TRAIN_OUTLINES
+from .config import CATEGORIES, LATENT_MASKS, MODEL_TYPES, TRAIN_OUTLINES
 from .errors import InputError
 
 ARM_WIDTH = {"hd": 60, "dc": 45}  # pixels at height 512
@@ -243,3 +244,23 @@ def masked_person(person, mask):
         raise InputError(f"mask size {m.shape} differs from person size {arr.shape[:2]}")
     arr[m] = GREY
     return Image.fromarray(arr) if was_pil else arr
+
+
+# --- the mask on the latent grid (repaint at sampling; the masked loss in training) ----------------------------------
+def mask_to_latents(mask, size, mode: str = "nearest") -> torch.Tensor:
+    """The repaint mask (B,1,H,W) {0,1} at the latent grid ``size``.
+
+    ``nearest``, as released, gives each latent cell the pixel at its sampling point: a region thinner than a cell
+    (8 pixels) can miss every sampling point and lose its repaint, which at 1024×768 is a strap but at the toy's 128×96
+    is a trouser leg. ``any`` repaints a cell when any of its pixels is masked (max pooling), so the whole mask is
+    regenerated and the original latents are pasted back only where no pixel of the cell is masked."""
+    check_latent_mask(mode)
+    if mode == "any":
+        return F.adaptive_max_pool2d(mask, tuple(size))
+    return F.interpolate(mask, size=tuple(size), mode="nearest")
+
+
+def check_latent_mask(mode: str) -> None:
+    """An ``InputError`` naming the choices unless ``mode`` is one of :data:`~ootd_lib.config.LATENT_MASKS`."""
+    if mode not in LATENT_MASKS:
+        raise InputError(f"latent_mask={mode!r} must be one of {LATENT_MASKS} ('nearest' as released)")

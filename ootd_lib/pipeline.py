@@ -45,12 +45,12 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from .conditioning import decode_latents, encode_latents, encode_prompt, encode_repaint_target
-from .config import CATEGORIES, LATENT_MASKS, MODEL_TYPES, TOY_CHECKPOINT
+from .config import CATEGORIES, MODEL_TYPES, TOY_CHECKPOINT
 from .data import LOAD_MAX_SIDE, image_to_tensor, load_mask, load_rgb, tensor_to_uint8, to_rgb
 from .errors import InputError, OOTDWarning, WeightsError
 from .fusion import OutfittingFusion, transformer_block_names
 from .guidance import cfg_combine, uses_cfg
-from .masking import masked_person
+from .masking import check_latent_mask, mask_to_latents, masked_person
 from .models import CLIPImageProcessor, exported_config
 from .progress import progress_enabled
 
@@ -190,25 +190,6 @@ def prepare_masks(masks, sizes: Sequence[tuple[int, int]], size) -> torch.Tensor
                           "white marks the region to repaint", OOTDWarning, stacklevel=2)
         out.append((m >= 0.5).float())
     return torch.stack(out)
-
-
-def mask_to_latents(mask, size, mode: str = "nearest") -> torch.Tensor:
-    """The repaint mask (B,1,H,W) {0,1} at the latent grid ``size``.
-
-    ``nearest``, as released, gives each latent cell the pixel at its sampling point: a region thinner than a cell
-    (8 pixels) can miss every sampling point and lose its repaint, which at 1024×768 is a strap but at the toy's 128×96
-    is a trouser leg. ``any`` repaints a cell when any of its pixels is masked (max pooling), so the whole mask is
-    regenerated and the original latents are pasted back only where no pixel of the cell is masked."""
-    check_latent_mask(mode)
-    if mode == "any":
-        return F.adaptive_max_pool2d(mask, tuple(size))
-    return F.interpolate(mask, size=tuple(size), mode="nearest")
-
-
-def check_latent_mask(mode: str) -> None:
-    """An ``InputError`` naming the choices unless ``mode`` is one of :data:`~ootd_lib.config.LATENT_MASKS`."""
-    if mode not in LATENT_MASKS:
-        raise InputError(f"latent_mask={mode!r} must be one of {LATENT_MASKS} ('nearest' as released)")
 
 
 def repaint(latents, original, noise, mask, scheduler) -> torch.Tensor:

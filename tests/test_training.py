@@ -137,6 +137,93 @@ def test_loss_weighting_none_is_plain_eps_mse_and_truncated_snr_weights_high_noi
         Config.for_profile("toy", loss_weighting="snr")
 
 
+def test_loss_outside_mask_weights_the_cells_repaint_replaces():
+    sched = make_noise_scheduler()
+    latents = fixed_batch(b=4)
+    mask = torch.zeros(4, 1, 16, 12)
+    mask[:, :, 4:12, 3:9] = 1  # 48 of 192 cells
+    mask[3] = 0  # a sample with an empty mask
+    latents["mask"] = mask
+    rand = training.draw_randomness(2, 0, 4, (TOY_LATENT_CHANNELS, 16, 12), p=0.0)
+
+    class Off(torch.nn.Module):  # predicts the noise off by `inside` in the mask and by `outside` elsewhere
+        def __init__(self, inside, outside):
+            super().__init__()
+            self.inside, self.outside = inside, outside
+
+        def forward(self, noisy, t, person, garment, prompt):
+            return rand["noise"] + self.inside * mask + self.outside * (1 - mask)
+
+    # 0: only the masked cells count, each sample's mean over them; the empty mask adds 0
+    assert torch.allclose(training.training_step(Off(0.5, 3.0), sched, latents, rand, "none", 0.0),
+                          torch.tensor(0.25 * 3 / 4))
+    assert torch.equal(training.training_step(Off(0.5, 3.0), sched, latents, rand, "none", 0.0),
+                       training.training_step(Off(0.5, 7.0), sched, latents, rand, "none", 0.0))
+    # 1: the paper's loss, bit for bit, with or without a mask in the batch
+    no_mask = {k: v for k, v in latents.items() if k != "mask"}
+    for weighting in ("none", "truncated_snr"):
+        assert torch.equal(training.training_step(Off(0.5, 3.0), sched, latents, rand, weighting, 1.0),
+                           training.training_step(Off(0.5, 3.0), sched, no_mask, rand, weighting))
+    # in between: a weighted mean per sample, then the per-t weights
+    w = training.loss_weights(sched, rand["timesteps"], "truncated_snr")
+    cells = mask.flatten(1).sum(1)
+    per_sample = (cells * 0.25 + 0.5 * (192 - cells) * 9.0) / (cells + 0.5 * (192 - cells))
+    assert torch.allclose(training.training_step(Off(0.5, 3.0), sched, latents, rand, "truncated_snr", 0.5),
+                          (per_sample * w).mean())
+    with pytest.raises(ConfigError, match="loss_outside_mask"):
+        Config.for_profile("toy", loss_outside_mask=1.5)
+
+
+def test_prompt_dropout_zeroes_the_image_token_of_dropped_samples_only():
+    plain = training.draw_randomness(5, 3, 64, (TOY_LATENT_CHANNELS, 16, 12), p=0.1)
+    both = training.draw_randomness(5, 3, 64, (TOY_LATENT_CHANNELS, 16, 12), p=0.1, p_prompt=0.5)
+    assert "keep_prompt" not in plain  # a run without it keeps its stream and its loss bit for bit
+    assert all(torch.equal(plain[k], both[k]) for k in plain)
+    dropped = ~both["keep_prompt"]
+    assert 10 < int(dropped.sum()) < 54 and not torch.equal(dropped, ~both["keep"])  # drawn on its own
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, noisy, t, person, garment, prompt):
+            seen["prompt"] = prompt
+            return noisy
+
+    latents = fixed_batch(b=64)
+    latents["prompt"] = torch.randn(64, 4, 64)  # dc: [BOS, word, EOS, image]
+    training.training_step(Spy(), make_noise_scheduler(), latents, both)
+    got = seen["prompt"]
+    assert torch.equal(got[:, :-1], latents["prompt"][:, :-1])  # the label words stay
+    assert not got[dropped, -1].any() and torch.equal(got[~dropped, -1], latents["prompt"][~dropped, -1])
+    with pytest.raises(ConfigError, match="prompt_dropout"):
+        Config.for_profile("toy", prompt_dropout=-0.1)
+
+
+def test_a_masked_loss_run_carries_the_latent_mask_it_is_sampled_with(tiny_data, tmp_path, monkeypatch):
+    from ootd_lib.data import build_dataset
+    from ootd_lib.masking import mask_to_latents
+
+    seen = []
+    real_step = training.training_step
+
+    def spy(model, sched, latents, rand, weighting="none", outside=1.0):
+        seen.append((latents.get("mask"), outside))
+        return real_step(model, sched, latents, rand, weighting, outside)
+
+    monkeypatch.setattr(training, "training_step", spy)
+    for outside in (1.0, 0.0):
+        training.train(tiny_config(tiny_data, tmp_path / str(outside), max_train_steps=1, train_batch_size=N_TRAIN,
+                                   loss_outside_mask=outside), progress=False)
+    assert seen[0] == (None, 1.0)  # the paper's loss: the batches carry no mask
+    mask, outside = seen[1]
+    assert outside == 0.0
+    # one batch of all 7 pairs: the same masks, in the sampler's order, on the 8x6 latent grid, `nearest` (no init)
+    pixel = torch.stack([build_dataset(tiny_config(tiny_data, tmp_path), cache_dir=tmp_path / "mc")[i]["mask"]
+                         for i in range(N_TRAIN)])
+    expected = mask_to_latents(pixel, (8, 6), "nearest")
+    assert mask.shape == (N_TRAIN, 1, 8, 6) and 0 < mask.mean() < 1
+    assert sorted(mask.flatten(1).sum(1).tolist()) == sorted(expected.flatten(1).sum(1).tolist())
+
+
 def test_dropout_is_applied_at_the_configured_rate():
     keep = torch.cat([training.draw_randomness(0, s, 1000, (1, 1, 1), p=0.1)["keep"] for s in range(4)])
     assert abs(1 - keep.float().mean().item() - 0.1) < 0.015
