@@ -17,8 +17,9 @@ import argparse
 
 import torch
 
+from make_toy_eval import DATA  # the evaluation's wardrobes (seed 0): their test split is held out from every stage
 from ootd_lib.conditioning import encode_batch
-from ootd_lib.config import Config
+from ootd_lib.config import CATEGORIES, Config
 from ootd_lib.data import build_dataset
 from ootd_lib.models import OOTDModel, make_noise_scheduler
 from ootd_lib.pipeline import load_toy_pipeline
@@ -26,20 +27,19 @@ from ootd_lib.toydata import toy_dataset
 from ootd_lib.training import loss_weights
 
 TIMESTEPS = list(range(50, 1000, 100))
-WARDROBES = {"hd": ("vitonhd", 1024), "dc": ("dresscode", 512)}  # make_toy_eval.py's (seed 0)
 
 
 @torch.no_grad()
 def split(model, scheduler, latents: dict, generator) -> dict:
     """Sums over one batch, per timestep: squared ε-error inside/outside the mask, x0 error inside, both inside also
-    with the garment latents zeroed, and the cell counts."""
+    with the garment latents zeroed (``_nog``) and with the next pair's prompt (``_op``), and the cell counts."""
     m, target, sums = latents["mask"], latents["target"], {}
+    other_prompt = latents["prompt"].roll(1, 0)  # the next pair's garment: the prompt alone made wrong
     for t in TIMESTEPS:
         noise = torch.randn(target.shape, generator=generator)
         tt = torch.full((len(target),), t)
         noisy, a = scheduler.add_noise(target, noise, tt), scheduler.alphas_cumprod[t]
         row = dict(n_in=float(m.expand_as(target).sum()), n_out=float((1 - m).expand_as(target).sum()))
-        other_prompt = latents["prompt"].roll(1, 0)  # the next pair's garment: the prompt alone made wrong
         for tag, garment, prompt in (("", latents["garment"], latents["prompt"]),
                                      ("_nog", torch.zeros_like(latents["garment"]), latents["prompt"]),
                                      ("_op", latents["garment"], other_prompt)):
@@ -56,17 +56,17 @@ def split(model, scheduler, latents: dict, generator) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a released-layout toy folder (assets/toy_checkpoint, assets/stages/...)")
-    ap.add_argument("variant", choices=sorted(WARDROBES))
+    ap.add_argument("variant", choices=sorted(DATA))
     ap.add_argument("--pairs", type=int, default=64)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     pipe = load_toy_pipeline(args.model, variant=args.variant)
     comps = {k: getattr(pipe, k) for k in ("vae", "tokenizer", "text_encoder", "image_encoder", "feature_extractor")}
-    layout, n_train = WARDROBES[args.variant]
+    layout, n_train = DATA[args.variant]
     root = toy_dataset(f"data/toy_{layout}", layout=layout, n_train=n_train, n_test=64, seed=0, progress=False)
     cfg = Config.for_profile("toy", model_type=args.variant, data_root=str(root), layout=layout,
                              toy_train=n_train, toy_test=64,
-                             categories=["upper_body"] if layout == "vitonhd" else ["upper_body", "lower_body", "dresses"])
+                             categories=CATEGORIES if layout == "dresscode" else ("upper_body",))
     dataset = build_dataset(cfg, split="test", pairing="paired", cache_dir=f"runs/loss_split_masks_{args.variant}")
     pairs = torch.utils.data.Subset(dataset, range(min(args.pairs, len(dataset))))
     model, scheduler = OOTDModel(pipe.unet_garm, pipe.unet_vton).eval(), make_noise_scheduler()
@@ -80,14 +80,15 @@ def main(argv=None):
     print("   t  eps_in  eps_out  eps_in(no garment)  x0_in  x0_in(no garment)  x0_in(other prompt)")
     loss_in = loss_out = gain = prompt_gain = 0.0
     for w, t in zip(weights.tolist(), TIMESTEPS):
-        r, n = total[t], total[t]["n_in"] + total[t]["n_out"]
+        r = total[t]
+        share = w / (r["n_in"] + r["n_out"]) / len(TIMESTEPS)  # this t's weight on a per-cell mean over all t
         print(f"{t:4d}  {r['eps_in'] / r['n_in']:.4f}  {r['eps_out'] / r['n_out']:.4f}   {r['eps_in_nog'] / r['n_in']:.4f}"
               f"              {r['x0_in'] / r['n_in']:.4f}  {r['x0_in_nog'] / r['n_in']:.4f}"
               f"             {r['x0_in_op'] / r['n_in']:.4f}")
-        loss_in += w * r["eps_in"] / n / len(TIMESTEPS)
-        loss_out += w * r["eps_out"] / n / len(TIMESTEPS)
-        gain += w * (r["eps_in_nog"] - r["eps_in"]) / n / len(TIMESTEPS)
-        prompt_gain += w * (r["eps_in_op"] - r["eps_in"]) / n / len(TIMESTEPS)
+        loss_in += share * r["eps_in"]
+        loss_out += share * r["eps_out"]
+        gain += share * (r["eps_in_nog"] - r["eps_in"])
+        prompt_gain += share * (r["eps_in_op"] - r["eps_in"])
     print(f"truncated-SNR loss over these t: {loss_in + loss_out:.4f} = inside {loss_in:.4f} + outside {loss_out:.4f}; "
           f"the garment latents remove {gain:.4f} of it, the right prompt {prompt_gain:.4f}")
 
